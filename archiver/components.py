@@ -1,0 +1,213 @@
+"""The contracts between the core and its plugins: sources, transforms and sinks.
+
+Bytes never cross a pluggy hook: plugins register *component classes* through the
+``archiver_register_*`` hooks, and the core wires plain objects built from them.
+
+Every component class carries ``name`` (its YAML ``type``) and ``Config``, a pydantic
+model validated from the YAML mapping (``type``/``name`` keys removed). Unknown keys are
+refused, so ``Config`` should subclass :class:`ComponentConfig`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator
+
+from pydantic import BaseModel, ConfigDict
+
+from .model import Artifact, Job, StoredObject
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's typed configuration: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, config: ComponentConfig):
+        self.config = config
+
+    def close(self) -> None:
+        """Release pooled connections; called once when the pipeline ends."""
+
+
+# --------------------------------------------------------------------------- sources
+
+class Download(AbstractContextManager):
+    """An open artifact body: a single-pass iterator of raw bytes (exactly as served).
+
+    ``filename`` is the Content-Disposition filename if any (untrusted: it is recorded,
+    never used as a path); ``size`` the announced Content-Length or ``None``.
+    Iterating raises :class:`archiver.errors.SourceError` (``retryable=True``) on a
+    dropped connection or a body shorter or longer than announced.
+    """
+
+    filename: str | None = None
+    size: int | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Source(Component):
+    """Finds jobs and their artifacts and opens artifacts as streams."""
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """Every job of the configured projects (any status), each once."""
+        raise NotImplementedError
+
+    def get_job(self, job_id: str) -> Job:
+        raise NotImplementedError
+
+    def read_result(self, job: Job) -> bytes:
+        """The job's result JSON as raw bytes (stored byte-exact)."""
+        raise NotImplementedError
+
+    def find_artifacts(self, job: Job, result: bytes) -> list[Artifact]:
+        """Artifacts referenced anywhere in ``result``, deduplicated by path."""
+        raise NotImplementedError
+
+    def open(self, artifact: Artifact) -> Download:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- transforms
+
+class Stage:
+    """Per-artifact instance of a transform.
+
+    ``feed`` may be called any number of times (also with empty chunks), then ``finish``
+    exactly once; ``facts`` after ``finish``. The concatenated output must not depend
+    on how the input was chunked (``archiver.testing.transform_contract`` checks this).
+    Raise :class:`archiver.errors.TransformError` to refuse the input.
+    """
+
+    def feed(self, chunk: bytes) -> bytes:
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        return b""
+
+    def facts(self) -> dict[str, Any]:
+        """Facts learnt from the bytes, e.g. ``{"digests": {"sha256": "..."}}``."""
+        return {}
+
+
+@dataclass
+class ArtifactContext:
+    """What a stage may know about the object it transforms."""
+
+    job: Job
+    artifact: Artifact | None
+    key: str
+    sink: str | None = None  # None for the pipeline-level (common) chain
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Transform(Component):
+    """Builds one :class:`Stage` per artifact and chain.
+
+    ``changes_bytes`` tells the core whether output may differ from input; a chain of
+    transforms that never change bytes lets the core reuse one digest for "received"
+    and "stored".
+    """
+
+    changes_bytes: ClassVar[bool] = True
+
+    def stage(self, ctx: ArtifactContext) -> Stage:
+        raise NotImplementedError
+
+    def rename(self, key: str) -> str:
+        """The stored key for an input key (e.g. decompress drops ``.gz``)."""
+        return key
+
+    def digest_algorithms(self) -> tuple[str, ...]:
+        """Algorithms whose digests this transform's stages report in
+        ``facts()["digests"]``. The core uses them instead of computing the same digest
+        twice; only meaningful for transforms with ``changes_bytes = False``."""
+        return ()
+
+
+# --------------------------------------------------------------------------- sinks
+
+class Writer:
+    """Push-style writer of one object with unknown total length.
+
+    Memory is bounded and declared by the sink (see ``Sink.memory_bound``). Nothing is
+    visible at the key before ``commit``; ``abort`` leaves nothing behind and may be
+    called after a failed ``write`` or ``commit``, and more than once.
+    ``pending`` is an opaque token (temporary path, upload id) that the core records in
+    the ledger while the writer is open so that a crash can be cleaned up later by
+    :meth:`Sink.discard`.
+    """
+
+    pending: str | None = None
+
+    def write(self, chunk: bytes) -> None:
+        raise NotImplementedError
+
+    def commit(self, digests: dict[str, str]) -> StoredObject:
+        """Make the object visible at its key.
+
+        ``digests`` are the digests of the bytes written (at least ``sha256``). If the key
+        already holds an object with the same sha256 this is success with
+        ``existed=True``; with different bytes raise :class:`archiver.errors.ConflictError`
+        and leave the stored object untouched.
+        """
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class Sink(Component):
+    """Stores objects under keys. ``label`` is the sink's configured ``name``."""
+
+    def __init__(self, config: ComponentConfig, label: str = ""):
+        super().__init__(config)
+        self.label = label or self.name
+
+    def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
+        raise NotImplementedError
+
+    def stat(self, key: str) -> StoredObject | None:
+        """The object at ``key`` with the digests recorded when it was stored, or None."""
+        raise NotImplementedError
+
+    def open_read(self, key: str) -> AbstractContextManager[Iterable[bytes]]:
+        """Stream an object's stored bytes back (fixity checks, replication)."""
+        raise NotImplementedError
+
+    def discard(self, pending: str) -> None:
+        """Remove what a crashed writer left behind (its ``pending`` token)."""
+
+    def preflight(self) -> None:
+        """Online checks before any download (bucket exists, writable, ...).
+
+        Raise :class:`archiver.errors.SinkError` naming the sink; called by
+        ``archiver config check --online`` and at the start of every run.
+        """
+
+    def cleanup(self, older_than: float) -> list[str]:
+        """Remove leftovers of crashed writers older than ``older_than`` seconds found by
+        listing the store itself (stray temporary files, open multipart uploads under the
+        prefix); return a description of each removed item. Used by ``archiver cleanup``.
+        """
+        return []
+
+    def describe(self, key: str) -> str:
+        """Human-readable location of a key, e.g. ``s3://bucket/key``."""
+        return key
+
+    memory_bound: ClassVar[str] = "one chunk"

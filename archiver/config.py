@@ -1,0 +1,216 @@
+"""YAML configuration: parse, interpolate ``${VAR}``, validate into typed models.
+
+Every error names the YAML path at fault (``sinks[1].root``) and, where the YAML parser
+knows it, the line. Validation performs no network or disk I/O: component configs are
+checked against the ``Config`` model of the registered component class only.
+
+Relative paths (``state_dir``, a local sink's ``root``) are relative to the working
+directory the command runs in, as with the AWS CLI and rclone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .components import ComponentConfig
+from .errors import ConfigError, PluginError
+from .registry import Registry
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(_Strict):
+    """``type`` plus the component's own keys (validated by the component's Config)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class SinkSpec(ComponentSpec):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    transforms: list[ComponentSpec] = []
+
+
+class Settings(_Strict):
+    source: ComponentSpec
+    transforms: list[ComponentSpec] = []
+    sinks: list[SinkSpec] = Field(min_length=1)
+    state_dir: Path = Path(".archiver")
+    concurrency: int = Field(8, ge=1, le=256)
+    chunk_size: int = Field(1 << 20, ge=4096, le=64 << 20)
+    artifact_attempts: int = Field(4, ge=1, le=50)
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_names(cls, sinks: list[SinkSpec]) -> list[SinkSpec]:
+        seen: set[str] = set()
+        for sink in sinks:
+            if sink.name in seen:
+                raise ValueError(f"sink name {sink.name!r} is used twice")
+            seen.add(sink.name)
+        return sinks
+
+
+@dataclass
+class Built:
+    """A validated component: its class and typed config, with the YAML path it came from."""
+
+    cls: type
+    config: ComponentConfig
+    path: str
+    label: str = ""
+
+
+@dataclass
+class LoadedConfig:
+    settings: Settings
+    source: Built
+    transforms: list[Built]
+    sinks: list[Built]
+    sink_transforms: dict[str, list[Built]] = field(default_factory=dict)
+    file: str = ""
+
+
+# --------------------------------------------------------------------------- YAML
+
+def _line_map(node: yaml.Node, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """YAML path -> 1-based line, for error messages."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            sub = f"{path}.{k.value}" if path else str(k.value)
+            out[sub] = k.start_mark.line + 1
+            _line_map(v, sub, out)
+            out[sub] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_map(v, f"{path}[{i}]", out)
+    return out
+
+
+def _interpolate(value: Any, path: str, env: dict[str, str], errors: "_Errors") -> Any:
+    """Replace ``${VAR}`` in every string (``$$`` is a literal ``$``); unset is an error."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", env, errors) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            if m.group(1) not in env:
+                errors.add(path, f"environment variable {m.group(1)} is not set")
+                return ""
+            return env[m.group(1)]
+        return _VAR.sub(sub, value)
+    return value
+
+
+def _fmt_loc(loc: tuple, prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Errors:
+    def __init__(self, file: str, lines: dict[str, int]):
+        self.file, self.lines, self.items = file, lines, []
+
+    def add(self, path: str, msg: str) -> None:
+        line, probe = None, path
+        while probe and line is None:
+            line = self.lines.get(probe)
+            probe = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", probe) if line is None else probe
+        where = f"{self.file}:{line}: " if line else f"{self.file}: "
+        self.items.append(f"{where}{path or '(top level)'}: {msg}")
+
+    def add_validation(self, exc: ValidationError, prefix: str = "") -> None:
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            self.add(_fmt_loc(loc, prefix), msg)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(self.items))
+
+
+def parse_yaml(text: str, file: str = "<config>") -> tuple[Any, dict[str, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else file
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if node is None or not isinstance(data, dict):
+        raise ConfigError(f"{file}: the configuration must be a YAML mapping")
+    return data, _line_map(node)
+
+
+def _build(reg: Registry, kind: str, spec: ComponentSpec, path: str, errors: _Errors,
+           label: str = "") -> Built | None:
+    try:
+        cls = reg.get(kind, spec.type)
+    except PluginError as exc:
+        errors.add(f"{path}.type", str(exc))
+        return None
+    extra = {k: v for k, v in (spec.model_extra or {}).items()}
+    try:
+        return Built(cls, cls.Config(**extra), path, label)
+    except ValidationError as exc:
+        errors.add_validation(exc, path)
+        return None
+
+
+def load_config(file: str | os.PathLike, registry: Registry, *,
+                env: dict[str, str] | None = None, text: str | None = None) -> LoadedConfig:
+    """Read and validate ``file``; raises ConfigError listing every problem found."""
+    file = str(file)
+    if text is None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
+    data, lines = parse_yaml(text, file)
+    errors = _Errors(file, lines)
+    data = _interpolate(data, "", dict(os.environ) if env is None else env, errors)
+    errors.raise_if_any()
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        errors.add_validation(exc)
+        errors.raise_if_any()
+        raise
+    source = _build(registry, "source", settings.source, "source", errors)
+    transforms = [_build(registry, "transform", t, f"transforms[{i}]", errors)
+                  for i, t in enumerate(settings.transforms)]
+    sinks, sink_transforms = [], {}
+    for i, s in enumerate(settings.sinks):
+        spec = ComponentSpec(type=s.type, **(s.model_extra or {}))
+        sinks.append(_build(registry, "sink", spec, f"sinks[{i}]", errors, label=s.name))
+        sink_transforms[s.name] = [
+            _build(registry, "transform", t, f"sinks[{i}].transforms[{j}]", errors)
+            for j, t in enumerate(s.transforms)]
+    errors.raise_if_any()
+    return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file)

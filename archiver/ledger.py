@@ -1,0 +1,216 @@
+"""The ledger: what was seen, what was stored where, what failed, and why.
+
+SQLite in WAL mode by default (one file in ``state_dir``). The :class:`Ledger` protocol is
+all the core uses, so a PostgreSQL backend for multi-machine deployments can follow.
+Secrets never reach the ledger: it stores job objects, keys, digests and messages built
+by archiver itself.
+
+Crash safety: every write is its own transaction; a sink copy is recorded only after the
+sink committed it, and a writer's ``pending`` token is recorded before the first byte is
+written and removed after commit or abort, so a run killed at any point leaves either a
+recorded copy, or a pending token that the next run discards before redoing the work.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+from .model import Job, StoredObject
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, status TEXT NOT NULL,
+    state TEXT NOT NULL, expires_at TEXT, error TEXT, raw TEXT,
+    first_seen REAL NOT NULL, updated REAL NOT NULL, archived_at REAL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    job_id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, key TEXT,
+    filename TEXT, size INTEGER, received TEXT, state TEXT NOT NULL, error TEXT,
+    updated REAL NOT NULL, PRIMARY KEY (job_id, path)
+);
+CREATE TABLE IF NOT EXISTS copies (
+    job_id TEXT NOT NULL, path TEXT NOT NULL, sink TEXT NOT NULL, key TEXT NOT NULL,
+    location TEXT, size INTEGER NOT NULL, received TEXT NOT NULL, stored TEXT NOT NULL,
+    provider_checksum TEXT, chain TEXT, extra TEXT, existed INTEGER NOT NULL,
+    verified INTEGER NOT NULL, stored_at REAL NOT NULL, PRIMARY KEY (job_id, path, sink)
+);
+CREATE TABLE IF NOT EXISTS pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, token TEXT NOT NULL,
+    job_id TEXT, path TEXT, started REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+    job_id TEXT, path TEXT, sink TEXT, message TEXT
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+"""
+
+# Job states.
+ARCHIVED, INCOMPLETE, NOTHING, LOST, WAITING = (
+    "archived", "incomplete", "nothing_to_store", "lost", "waiting")
+
+
+@dataclass
+class CopyRow:
+    job_id: str
+    path: str
+    sink: str
+    key: str
+    size: int
+    received: dict[str, str]
+    stored: dict[str, str]
+    verified: bool
+
+
+class Ledger(Protocol):
+    def job_states(self) -> dict[str, str]: ...
+    def record_job(self, job: Job, state: str, error: str | None = None) -> None: ...
+    def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]: ...
+    def record_artifact(self, job_id: str, path: str, *, kind: str, key: str | None,
+                        filename: str | None, size: int | None, received: dict[str, str],
+                        state: str, error: str | None) -> None: ...
+    def record_copy(self, job_id: str, path: str, stored: StoredObject, *,
+                    received: dict[str, str], chain: list[dict[str, Any]],
+                    verified: bool) -> None: ...
+    def add_pending(self, sink: str, token: str, job_id: str | None, path: str | None) -> int: ...
+    def remove_pending(self, pending_id: int) -> None: ...
+    def list_pending(self) -> list[tuple[int, str, str, float]]: ...
+    def event(self, kind: str, message: str = "", *, job_id: str | None = None,
+              path: str | None = None, sink: str | None = None) -> None: ...
+    def summary(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class SQLiteLedger:
+    """The default ledger. Thread-safe: one connection guarded by a lock (writes are tiny)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed copy row survives power loss, not only a process crash.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteLedger({str(self.path)!r})"
+
+    def _exec(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # -- jobs
+    def job_states(self) -> dict[str, str]:
+        return dict(self._exec("SELECT job_id, state FROM jobs"))
+
+    def record_job(self, job: Job, state: str, error: str | None = None) -> None:
+        now = time.time()
+        self._exec(
+            "INSERT INTO jobs (job_id, project_id, status, state, expires_at, error, raw,"
+            " first_seen, updated, archived_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(job_id) DO UPDATE SET project_id=excluded.project_id,"
+            " status=excluded.status, state=excluded.state, expires_at=excluded.expires_at,"
+            " error=excluded.error, raw=excluded.raw, updated=excluded.updated,"
+            " archived_at=COALESCE(jobs.archived_at, excluded.archived_at)",
+            (job.id, job.project_id, job.status, state, job.expires_at, error,
+             json.dumps(job.raw, sort_keys=True), now, now, now if state == ARCHIVED else None))
+
+    # -- artifacts and copies
+    def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]:
+        rows = self._exec("SELECT job_id, path, sink, key, size, received, stored, verified"
+                          " FROM copies WHERE job_id=?", (job_id,))
+        return {(r[1], r[2]): CopyRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]),
+                                      json.loads(r[6]), bool(r[7])) for r in rows}
+
+    def record_artifact(self, job_id, path, *, kind, key, filename, size, received, state,
+                        error) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO artifacts (job_id, path, kind, key, filename, size,"
+            " received, state, error, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (job_id, path, kind, key, filename, size, json.dumps(received), state, error,
+             time.time()))
+
+    def record_copy(self, job_id, path, stored: StoredObject, *, received, chain,
+                    verified) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO copies (job_id, path, sink, key, location, size, received,"
+            " stored, provider_checksum, chain, extra, existed, verified, stored_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, path, stored.sink, stored.key, stored.location, stored.size,
+             json.dumps(received), json.dumps(stored.digests),
+             json.dumps(stored.provider_checksum), json.dumps(chain),
+             json.dumps(stored.extra, default=str), int(stored.existed), int(verified),
+             time.time()))
+
+    # -- writers left open by a crash
+    def add_pending(self, sink, token, job_id, path) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO pending (sink, token, job_id, path, started) VALUES (?,?,?,?,?)",
+                (sink, token, job_id, path, time.time()))
+            return int(cur.lastrowid)
+
+    def remove_pending(self, pending_id: int) -> None:
+        self._exec("DELETE FROM pending WHERE id=?", (pending_id,))
+
+    def list_pending(self) -> list[tuple[int, str, str, float]]:
+        return self._exec("SELECT id, sink, token, started FROM pending ORDER BY id")
+
+    # -- events
+    def event(self, kind, message="", *, job_id=None, path=None, sink=None) -> None:
+        self._exec("INSERT INTO events (ts, kind, job_id, path, sink, message)"
+                   " VALUES (?,?,?,?,?,?)", (time.time(), kind, job_id, path, sink, message))
+
+    def events(self, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = "SELECT ts, kind, job_id, path, sink, message FROM events"
+        args: tuple = ()
+        if job_id:
+            sql, args = sql + " WHERE job_id=?", (job_id,)
+        rows = self._exec(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        keys = ("ts", "kind", "job_id", "path", "sink", "message")
+        return [dict(zip(keys, r)) for r in reversed(rows)]
+
+    # -- reporting
+    def summary(self) -> dict[str, Any]:
+        states = dict(self._exec("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        per_sink = {s: {"objects": n, "bytes": b or 0} for s, n, b in self._exec(
+            "SELECT sink, COUNT(*), SUM(size) FROM copies GROUP BY sink")}
+        failing = [dict(zip(("job_id", "state", "error"), r)) for r in self._exec(
+            "SELECT job_id, state, error FROM jobs WHERE state IN (?, ?) ORDER BY job_id",
+            (INCOMPLETE, LOST))]
+        return {"jobs": states, "sinks": per_sink, "problems": failing,
+                "pending_writers": len(self.list_pending())}
+
+    def job_report(self, job_id: str) -> dict[str, Any]:
+        cols = ("path", "sink", "key", "location", "size", "received", "stored",
+                "provider_checksum", "chain", "verified")
+        rows = self._exec(f"SELECT {', '.join(cols)} FROM copies WHERE job_id=? ORDER BY path,"
+                          " sink", (job_id,))
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r))
+            for k in ("received", "stored", "provider_checksum", "chain"):
+                d[k] = json.loads(d[k]) if d[k] else None
+            d["verified"] = bool(d["verified"])
+            out.append(d)
+        arts = [dict(zip(("path", "kind", "key", "filename", "size", "state", "error"), r))
+                for r in self._exec("SELECT path, kind, key, filename, size, state, error FROM"
+                                    " artifacts WHERE job_id=? ORDER BY path", (job_id,))]
+        return {"artifacts": arts, "copies": out}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_ledger(state_dir: str | Path) -> SQLiteLedger:
+    return SQLiteLedger(Path(state_dir) / "ledger.sqlite")

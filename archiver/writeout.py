@@ -1,0 +1,203 @@
+"""Store one object (an artifact, job.json or result.json) in every sink that lacks it.
+
+One download feeds the common chain; its output is split into each sink's chain and
+writer. A sink whose chain or writer fails is aborted alone; the others go on. A dropped
+download aborts every writer and restarts the object from the first byte (the API
+promises no ranges). Nothing is visible at a key before its writer commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from .components import Writer
+from .errors import ArchiverError, ConflictError, SourceError, TransformError
+from .model import Artifact, ArtifactResult, Job
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+log = logging.getLogger("archiver.writeout")
+
+
+class Interrupted(ArchiverError):
+    """A stop was requested (SIGINT/SIGTERM): in-flight writers are aborted."""
+
+
+@dataclass
+class Item:
+    kind: str                    # "job" | "result" | "artifact"
+    path: str                    # ledger identity: artifact path or "job.json"/"result.json"
+    artifact: Artifact | None
+    data: bytes | None           # in-memory bytes for job.json / result.json
+    keys: dict[str, str]         # sink name -> key
+
+
+class _Out:
+    """One sink's writer and chain for the current attempt."""
+
+    def __init__(self, sink_name: str, chain, writer: Writer):
+        self.sink, self.chain, self.writer = sink_name, chain, writer
+        self.written = 0
+        self.pending_id: int | None = None
+
+
+def _what(job: Job, item: Item) -> str:
+    return f"job {job.id} {item.kind} {item.path!r}"
+
+
+def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResult:
+    res = ArtifactResult(job.id, item.path, item.kind)
+    needed = [s for s in p.sinks if (item.path, s) not in done]
+    if not needed:
+        res.skipped = True
+        return res
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            _attempt(p, job, item, needed, res)
+            break
+        except SourceError as exc:
+            if exc.retryable and attempt <= p.policy.retries and not p.stop.is_set():
+                delay = p.policy.sleep_for(attempt, exc.retry_after)
+                log.warning("%s: %s; restarting in %.1fs (attempt %d)", _what(job, item), exc,
+                            delay, attempt + 1)
+                p.ledger.event("retry", str(exc), job_id=job.id, path=item.path)
+                if p.stop.wait(delay):
+                    res.errors["*"] = f"{_what(job, item)}: interrupted"
+                    break
+                continue
+            res.errors["*"] = f"{_what(job, item)}: {exc}"
+            break
+        except Interrupted:
+            res.errors["*"] = f"{_what(job, item)}: interrupted, nothing partial kept"
+            break
+        except TransformError as exc:
+            res.errors["*"] = f"{_what(job, item)}: {exc}"
+            break
+    for where, msg in res.errors.items():
+        p.ledger.event("failed", msg, job_id=job.id, path=item.path,
+                       sink=None if where == "*" else where)
+    state = "stored" if not res.errors else "failed"
+    p.ledger.record_artifact(job.id, item.path, kind=item.kind,
+                             key=item.keys[needed[0]] if needed else None,
+                             filename=res.filename, size=res.size, received=res.received,
+                             state=state, error="; ".join(res.errors.values()) or None)
+    return res
+
+
+def _chunks(p: "Pipeline", item: Item) -> tuple[Iterator[bytes], object]:
+    if item.data is not None:
+        return iter((item.data,)), None
+    dl = p.source.open(item.artifact)
+    return iter(dl), dl
+
+
+def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: ArtifactResult) -> None:
+    first = item.keys[needed[0]]
+    head, own = p.chains(job, item.artifact, first)
+    outs: dict[str, _Out] = {}
+    res.errors = {k: v for k, v in res.errors.items() if k != "*"}
+    try:
+        for name in needed:
+            if name in res.errors:
+                continue  # failed in an earlier attempt for a reason a restart won't fix
+            try:
+                w = p.sinks[name].open_writer(item.keys[name], {"job-id": job.id})
+            except ArchiverError as exc:
+                res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
+                continue
+            outs[name] = _Out(name, own[name], w)
+            _track_pending(p, job, item, outs[name])
+        chunks, dl = _chunks(p, item)
+        try:
+            if dl is not None:
+                res.filename = getattr(dl, "filename", None)
+            size = 0
+            for chunk in chunks:
+                if p.stop.is_set():
+                    raise Interrupted("stop requested")
+                size += len(chunk)
+                data = head.feed(chunk)
+                if data:
+                    _fan_out(p, job, item, outs, data, res)
+            tail = head.finish()
+            if tail:
+                _fan_out(p, job, item, outs, tail, res)
+            _fan_out(p, job, item, outs, None, res)
+        finally:
+            if dl is not None:
+                dl.close()
+        res.size = size
+        res.received = head.digests("received")
+        for name, out in list(outs.items()):
+            _commit(p, job, item, out, head, res)
+            del outs[name]
+    finally:
+        for out in outs.values():
+            _abort(p, out)
+
+
+def _track_pending(p: "Pipeline", job: Job, item: Item, out: _Out) -> None:
+    token = out.writer.pending
+    if token and out.pending_id is None:
+        out.pending_id = p.ledger.add_pending(out.sink, token, job.id, item.path)
+
+
+def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
+             res: ArtifactResult) -> None:
+    """Feed ``data`` (None: finish) to every live sink; a failing sink is dropped alone."""
+    for name, out in list(outs.items()):
+        try:
+            piece = out.chain.feed(data) if data is not None else out.chain.finish()
+            if piece:
+                out.writer.write(piece)
+                out.written += len(piece)
+                if out.pending_id is None:
+                    _track_pending(p, job, item, out)
+        except (ArchiverError, OSError) as exc:
+            res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
+            _abort(p, out)
+            del outs[name]
+
+
+def _commit(p, job: Job, item: Item, out: _Out, head, res: ArtifactResult) -> None:
+    digests = p.stored_for(head, out.chain)
+    try:
+        stored = out.writer.commit(digests)
+    except ConflictError as exc:
+        res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: conflict: {exc}"
+        p.ledger.event("conflict", str(exc), job_id=job.id, path=item.path, sink=out.sink)
+        _abort(p, out)
+        return
+    except (ArchiverError, OSError) as exc:
+        res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: commit failed: {exc}"
+        _abort(p, out)
+        return
+    if out.pending_id is not None:
+        p.ledger.remove_pending(out.pending_id)
+    verified = stored.size == out.written and (
+        not stored.digests.get("sha256") or stored.digests["sha256"] == digests["sha256"])
+    if not verified:
+        res.errors[out.sink] = (f"{_what(job, item)} sink {out.sink}: verification failed: "
+                                f"stored {stored.size} bytes, wrote {out.written}")
+        return
+    res.copies[out.sink] = stored
+    p.ledger.record_copy(job.id, item.path, stored, received=head.digests("received"),
+                         chain=p.facts_for(head, out.chain), verified=True)
+    p.ledger.event("stored", stored.location or stored.key, job_id=job.id, path=item.path,
+                   sink=out.sink)
+
+
+def _abort(p, out: _Out) -> None:
+    try:
+        out.writer.abort()
+    except Exception:  # abort is best effort; the pending record lets cleanup retry
+        log.exception("sink %s: abort failed", out.sink)
+        return
+    if out.pending_id is not None:
+        p.ledger.remove_pending(out.pending_id)
+        out.pending_id = None

@@ -1,0 +1,173 @@
+"""The command line, run as a real subprocess against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from archiver.testing.emulator import ArtifactSpec
+
+from .conftest import basic_config
+
+
+def archiver(*args, env_key=None, cwd=None, timeout=120):
+    env = {**os.environ}
+    if env_key is not None:
+        env["PLANGREP_API_KEY"] = env_key
+    return subprocess.run([sys.executable, "-m", "archiver.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = archiver("--help")
+    assert out.returncode == 0
+    for cmd in ("run", "archive", "status", "plugins", "config", "emulator", "demo", "cleanup"):
+        assert cmd in out.stdout
+
+
+def test_run_twice_json_and_status(emu, tmp_path):
+    emu.load_demo()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    first = archiver("run", "-c", str(cfg), "--json", env_key=emu.api_key)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["archived"] and data["exit_code"] == 0
+    arts = emu.count(route="artifact")
+    second = json.loads(archiver("run", "-c", str(cfg), "--json", env_key=emu.api_key).stdout)
+    assert second["archived"] == [] and emu.count(route="artifact") == arts
+    status = archiver("status", "-c", str(cfg), "--json", "--job", data["archived"][0],
+                      env_key=emu.api_key)
+    st = json.loads(status.stdout)
+    assert st["jobs"]["archived"] == len(data["archived"])
+    assert all(c["received"]["sha256"] and c["stored"]["sha256"] for c in st["job"]["copies"])
+
+
+def test_archive_named_job(emu, tmp_path):
+    emu.add_project(project_id="proj_t", name="T")
+    a = emu.add_job("proj_t", artifacts=[ArtifactSpec(path="x.bin", size=10)])
+    emu.add_job("proj_t", artifacts=[ArtifactSpec(path="y.bin", size=10)])
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    out = archiver("archive", "-c", str(cfg), "--json", a["id"], env_key=emu.api_key)
+    assert json.loads(out.stdout)["archived"] == [a["id"]]
+
+
+def test_config_check_does_no_io(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(f"""\
+source:
+  type: plangrep
+  base_url: http://127.0.0.1:9/api/open/v1
+  api_key: ${{PLANGREP_API_KEY}}
+sinks:
+  - name: primary
+    type: local
+    root: {tmp_path / 'never'}
+state_dir: {tmp_path / 'never-state'}
+""")
+    out = archiver("config", "check", "-c", str(cfg), env_key="k")
+    assert out.returncode == 0, out.stderr
+    assert "OK" in out.stdout
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never-state").exists()
+
+
+def test_config_errors_exit_2_before_io(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("source: {type: plangrep, api_key: x}\nsinks:\n  - {name: a, type: nope}\n"
+                   f"state_dir: {tmp_path / 'st'}\n")
+    out = archiver("run", "-c", str(cfg))
+    assert out.returncode == 2
+    assert "sinks[0].type" in out.stderr and "unknown sink type 'nope'" in out.stderr
+    assert not (tmp_path / "st").exists()
+
+
+def test_missing_env_var_exit_2(tmp_path, emu):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "PLANGREP_API_KEY"}
+    out = subprocess.run([sys.executable, "-m", "archiver.cli", "run", "-c", str(cfg)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "PLANGREP_API_KEY is not set" in out.stderr
+    assert len(emu.requests) == 0
+
+
+def test_wrong_key_exit_3_no_leak(emu, tmp_path):
+    emu.load_demo()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    out = archiver("-vv", "run", "-c", str(cfg), env_key="pk_live_SECRET_marker_42")
+    assert out.returncode == 3
+    assert "401" in out.stderr or "unauthorized" in out.stderr
+    assert "SECRET_marker" not in out.stderr + out.stdout
+    assert len(emu.requests) == 1
+
+
+def test_plugins_command():
+    out = archiver("plugins", "--json")
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert "sink:local" in rows["local"]["components"]
+    assert rows["plangrep"]["builtin"] and rows["plangrep"]["version"]
+    assert "archiver_register_sources" in rows["plangrep"]["hooks"]
+
+
+def _partials(root: Path):
+    return [p for p in root.rglob("*.partial")] if root.exists() else []
+
+
+def test_sigkill_mid_transfer_then_rerun_completes(emu, tmp_path):
+    emu.add_project(project_id="proj_t", name="T")
+    job = emu.add_job("proj_t", artifacts=[ArtifactSpec(path="big.bin", size=64 << 20),
+                                           ArtifactSpec(path="small.json", size=100)])
+    emu.faults.slow_body = 0.02
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    env = {**os.environ, "PLANGREP_API_KEY": emu.api_key}
+    proc = subprocess.Popen([sys.executable, "-m", "archiver.cli", "run", "-c", str(cfg)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = tmp_path / "archive"
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size > 1 << 20 for p in _partials(root)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert _partials(root)  # the kill really left a temporary file
+    assert not (root / "proj_t" / job["id"] / "data" / "artifacts" / "big.bin").exists()
+    emu.faults.slow_body = 0.0
+    out = archiver("run", "-c", str(cfg), "--json", env_key=emu.api_key)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["archived"] == [job["id"]]
+    assert not _partials(root)
+    big = root / "proj_t" / job["id"] / "data" / "artifacts" / "big.bin"
+    import hashlib
+    want = hashlib.sha256()
+    for chunk in emu.iter_artifact_bytes(job["id"], "big.bin"):
+        want.update(chunk)
+    assert hashlib.sha256(big.read_bytes()).hexdigest() == want.hexdigest()
+
+
+def test_sigterm_aborts_cleanly(emu, tmp_path):
+    emu.add_project(project_id="proj_t", name="T")
+    emu.add_job("proj_t", artifacts=[ArtifactSpec(path="big.bin", size=64 << 20)])
+    emu.faults.slow_body = 0.02
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    env = {**os.environ, "PLANGREP_API_KEY": emu.api_key}
+    proc = subprocess.Popen([sys.executable, "-m", "archiver.cli", "run", "-c", str(cfg)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = tmp_path / "archive"
+    deadline = time.monotonic() + 60
+    while not _partials(root):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not _partials(root)
+    assert "nothing partial" in err
