@@ -25,7 +25,7 @@ from typing import Iterable
 
 MAX_SEGMENT_BYTES = 200
 MAX_KEY_BYTES = 768
-_ESCAPE = re.compile(r"[%\\\x00-\x1f\x7f]")
+_ESCAPE = re.compile(r"[%/\\\x00-\x1f\x7f-\x9f]")
 
 
 def _hash(text: str, n: int) -> str:
@@ -42,6 +42,8 @@ def _blen(text: str) -> int:
 
 
 def sanitize_segment(segment: str) -> str:
+    if not segment:
+        return "_empty~" + _hash(segment, 16)
     seg = _ESCAPE.sub(lambda m: "%{:02X}".format(ord(m.group())), segment)
     # Lone surrogates (undecodable bytes) cannot be file names; encode them too.
     seg = "".join(c if not 0xD800 <= ord(c) <= 0xDFFF else f"%u{ord(c):04X}" for c in seg)
@@ -67,7 +69,12 @@ def _with_suffix(key: str, tag: str) -> str:
     head, _, last = key.rpartition("/")
     stem, dot, ext = last.partition(".")
     last = f"{stem}~{tag}{dot}{ext}" if stem else f"{last}~{tag}"
-    return f"{head}/{last}" if head else last
+    if _blen(last) > MAX_SEGMENT_BYTES:
+        last = _cut(stem or last, MAX_SEGMENT_BYTES - len(tag) - 1) + "~" + tag
+    out = f"{head}/{last}" if head else last
+    if _blen(out) > MAX_KEY_BYTES:
+        out = "_long/" + _hash(key, 32) + "/" + last
+    return out
 
 
 def _fold(key: str) -> str:
@@ -80,10 +87,21 @@ def artifact_keys(paths: Iterable[str]) -> dict[str, str]:
     groups: dict[str, list[str]] = defaultdict(list)
     for path, key in keys.items():
         groups[_fold(key)].append(path)
-    for members in groups.values():
-        if len(members) > 1:
-            for path in members:
-                keys[path] = _with_suffix(keys[path], _hash(path, 8))
+    # A key that is also another key's directory ("a" and "a/b") clashes as well.
+    dirs = {f.rsplit("/", i)[0] for f in groups for i in range(1, f.count("/") + 1)}
+    clashing = sorted(f for f, members in groups.items() if len(members) > 1 or f in dirs)
+    taken = (set(groups) - set(clashing)) | dirs
+    for folded in clashing:
+        for path in sorted(groups[folded]):
+            n = 8
+            while True:  # longer hashes, then a counter, until no other key has the name
+                tag = _hash(path, n) if n <= 64 else f"{_hash(path, 56)}{n}"
+                candidate = _with_suffix(keys[path], tag)
+                if _fold(candidate) not in taken:
+                    break
+                n += 8
+            taken.add(_fold(candidate))
+            keys[path] = candidate
     return keys
 
 

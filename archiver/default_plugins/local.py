@@ -1,0 +1,392 @@
+"""The ``local`` sink: objects as files under a root directory.
+
+A writer streams into a hidden temporary file beside the target and publishes it on
+commit with ``os.link`` (which, unlike ``rename``, never replaces a file that appeared
+meanwhile), so readers see either nothing or the whole object, and two writers of one
+key can never overwrite each other.
+
+Temporary files are named ``.<basename>.%%<16 hex>.partial``. ``%%`` never occurs in a
+key produced by :mod:`archiver.keys` (every ``%`` it emits starts an escape), so cleanup
+can never mistake an archived artifact called ``.x.partial`` for a leftover.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import Field
+
+from ..components import ComponentConfig, Sink, Writer
+from ..errors import ConflictError, SinkError
+from ..hookspecs import hookimpl
+from ..model import StoredObject
+
+READ_CHUNK = 1 << 20
+_TEMP = re.compile(r"\..*\.%%[0-9a-f]{16}\.partial", re.DOTALL)
+_TEMP_BASE_BYTES = 200  # keeps temporary names well below NAME_MAX (255 bytes)
+# errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _temp_name(base: str) -> str:
+    cut = base.encode("utf-8")[:_TEMP_BASE_BYTES]
+    base = cut.decode("utf-8", "ignore")
+    return f".{base}.%%{secrets.token_hex(8)}.partial"
+
+
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a path below the root, or None if it can."""
+    if not isinstance(key, str) or not key:
+        return "the key is empty"
+    if key.startswith("/"):
+        return "the key is absolute"
+    if "\x00" in key or "\\" in key:
+        return "the key contains NUL or a backslash"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the key is not valid Unicode"
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            return "the key has an empty, '.' or '..' segment"
+        if len(segment.encode("utf-8")) > 255:
+            return "a segment is longer than 255 bytes"
+        if _TEMP.fullmatch(segment):
+            return "a segment is named like a temporary file"
+    return None
+
+
+def _within(root: str, path: str) -> bool:
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: str) -> list[str]:
+    """Create ``path`` and its missing parents; return the ones created (outermost first)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    created = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+            created.append(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+    return created
+
+
+def _sha256_file(path: str) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+class LocalSink(Sink):
+    """Stores each object as a file ``<root>/<key>``.
+
+    Keys arrive already sanitised by :mod:`archiver.keys`; they are checked again here
+    (no ``..``/empty segments, no symlink inside the root leading out of it). Stored
+    digests are not kept in sidecar files: :meth:`stat` re-reads the file to compute
+    sha256. Writer metadata is not stored.
+    """
+
+    name = "local"
+    memory_bound = "one chunk (the pipeline's chunk_size)"
+
+    class Config(ComponentConfig):
+        root: Path = Field(description="Directory holding the archive (created if missing); "
+                                       "relative paths are relative to the working directory.")
+        read_only: bool = Field(False, description="Make committed files read-only (0444).")
+        fsync: bool = Field(True, description="fsync files and directories on commit, so a "
+                                              "committed object survives a power loss.")
+
+    def __init__(self, config: Config, label: str = ""):
+        super().__init__(config, label)
+        self.root = os.path.abspath(config.root)
+
+    # ------------------------------------------------------------------ helpers
+    def _path(self, key: str) -> str:
+        problem = _key_problem(key)
+        if problem is None:
+            path = os.path.join(self.root, *key.split("/"))
+            if _within(self.root, path):
+                return path
+            problem = "it leads outside the root through a symbolic link"
+        raise SinkError(f"sink {self.label!r}: refusing key {key!r}: {problem}")
+
+    def _error(self, action: str, key: str, exc: OSError, cls=SinkError) -> SinkError:
+        where = exc.filename or self.root
+        return cls(f"sink {self.label!r}: cannot {action} key {key!r} at {where}: "
+                   f"{exc.strerror or exc}")
+
+    def _check_same(self, path: str, key: str, sha256: str) -> int:
+        """Size of the file at ``path`` if it holds ``sha256``; ConflictError otherwise."""
+        if os.path.isdir(path):
+            raise ConflictError(f"sink {self.label!r}: key {key!r} is a directory ({path}); "
+                                "it was left untouched")
+        size, existing = _sha256_file(path)
+        if existing != sha256:
+            raise ConflictError(f"sink {self.label!r}: key {key!r} already holds different "
+                                f"bytes (sha256 {existing}, new {sha256}); the stored file "
+                                f"{path} was left untouched")
+        return size
+
+    # ------------------------------------------------------------------ Sink API
+    def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
+        return _LocalWriter(self, key, self._path(key))
+
+    def stat(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
+            size, sha256 = _sha256_file(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error("stat", key, exc) from exc
+        return StoredObject(sink=self.label, key=key, size=size, digests={"sha256": sha256},
+                            location=path)
+
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[Iterator[bytes]]:
+        path = self._path(key)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the with below)
+        except FileNotFoundError as exc:
+            raise SinkError(f"sink {self.label!r}: no object at key {key!r} ({path})") from exc
+        except OSError as exc:
+            raise self._error("read", key, exc) from exc
+        with f:
+            yield self._chunks(f, key)
+
+    def _chunks(self, f, key: str) -> Iterator[bytes]:
+        try:
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+        except OSError as exc:
+            raise self._error("read", key, exc) from exc
+
+    def describe(self, key: str) -> str:
+        return self._path(key)
+
+    def discard(self, pending: str) -> None:
+        directory, name = os.path.split(pending or "")
+        if not (os.path.isabs(pending or "") and _TEMP.fullmatch(name)
+                and _within(self.root, directory)):
+            raise SinkError(f"sink {self.label!r}: refusing to discard {pending!r}: not a "
+                            f"temporary file of this sink below {self.root}")
+        try:
+            os.unlink(pending)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SinkError(f"sink {self.label!r}: cannot remove temporary file {pending}: "
+                            f"{exc.strerror}") from exc
+
+    def preflight(self) -> None:
+        try:
+            _makedirs(self.root)
+            probe = os.path.join(self.root, _temp_name("preflight"))
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise SinkError(f"sink {self.label!r}: root {self.root} is not a writable "
+                            f"directory: {exc.strerror or exc}") from exc
+
+    def cleanup(self, older_than: float) -> list[str]:
+        return [f"{self.label}: removed {path}" for path in self._remove_strays("", older_than)]
+
+    def cleanup_partials(self, prefix: str = "", older_than: float = 0.0) -> int:
+        """Remove temporary files of crashed writers below ``root/prefix`` whose last
+        change is at least ``older_than`` seconds old; return how many were removed.
+
+        With the default ``0`` this also removes the files of writers still running in
+        another process, so only use it when no run is in progress.
+        """
+        return len(self._remove_strays(prefix, older_than))
+
+    def _remove_strays(self, prefix: str, older_than: float) -> list[str]:
+        prefix = prefix.strip("/")
+        top = self._path(prefix) if prefix else self.root
+        cutoff = time.time() - older_than
+        removed = []
+
+        def fail(exc: OSError) -> None:
+            raise SinkError(f"sink {self.label!r}: cannot list {exc.filename}: "
+                            f"{exc.strerror}") from exc
+
+        for dirpath, _dirs, files in os.walk(top, onerror=fail):  # never follows symlinks
+            for name in files:
+                if not _TEMP.fullmatch(name):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                        os.unlink(path)
+                        removed.append(path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    fail(exc)
+        return removed
+
+
+class _LocalWriter(Writer):
+    """Writes into ``pending`` (a temporary file beside the target) until commit."""
+
+    def __init__(self, sink: LocalSink, key: str, path: str):
+        self._sink, self.key, self._path = sink, key, path
+        self._fd: int | None = None
+        self._state = "open"
+        self.size = 0
+        directory, base = os.path.split(path)
+        try:
+            self._created = _makedirs(directory)
+            self.pending = os.path.join(directory, _temp_name(base))
+            self._fd = os.open(self.pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise sink._error("create", key, exc) from exc
+
+    def __del__(self):
+        # Dropped without commit or abort: free the descriptor but keep the file, which
+        # the recorded pending token lets discard() remove (as after a crash).
+        if getattr(self, "_fd", None) is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def _refuse(self, action: str) -> SinkError:
+        return SinkError(f"sink {self._sink.label!r}: cannot {action} key {self.key!r}: "
+                         f"the writer is already {self._state}")
+
+    def _drop(self) -> None:
+        """Close and remove the temporary file (errors here must not hide the cause)."""
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        try:
+            os.unlink(self.pending)
+        except FileNotFoundError:
+            pass
+
+    def _fail(self, exc: OSError, action: str) -> SinkError:
+        self._state = "failed"
+        try:
+            self._drop()
+        except OSError:
+            pass  # the pending token stays recorded; discard() retries later
+        return self._sink._error(action, self.key, exc)
+
+    def write(self, chunk: bytes) -> None:
+        if self._state != "open":
+            raise self._refuse("write to")
+        view = memoryview(chunk).cast("B")
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            raise self._fail(exc, "write") from exc
+        self.size += len(chunk)
+
+    def commit(self, digests: dict[str, str]) -> StoredObject:
+        if self._state != "open":
+            raise self._refuse("commit")
+        sha256 = (digests or {}).get("sha256")
+        if not sha256:
+            self._state = "failed"
+            self._drop()
+            raise SinkError(f"sink {self._sink.label!r}: cannot commit key {self.key!r} "
+                            "without a sha256 digest")
+        config = self._sink.config
+        try:
+            if config.fsync:
+                os.fsync(self._fd)
+            if config.read_only:
+                os.fchmod(self._fd, 0o444)
+            os.close(self._fd)
+            self._fd = None
+            existed, size = self._publish(sha256)
+            if config.fsync:
+                directory = os.path.dirname(self._path)
+                _fsync_dir(directory)
+                for created in self._created:
+                    _fsync_dir(os.path.dirname(created))
+        except ConflictError:
+            self._state = "failed"
+            self._drop()
+            raise
+        except OSError as exc:
+            raise self._fail(exc, "commit") from exc
+        self._state = "committed"
+        return StoredObject(sink=self._sink.label, key=self.key, size=size,
+                            digests=dict(digests), location=self._path, existed=existed)
+
+    def _publish(self, sha256: str) -> tuple[bool, int]:
+        """Make the temporary file visible at the key without ever replacing a file;
+        return (existed, size)."""
+        try:
+            os.link(self.pending, self._path)
+        except FileExistsError:
+            size = self._sink._check_same(self._path, self.key, sha256)
+            os.unlink(self.pending)
+            return True, size
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # No hard links here: rename cannot refuse an existing target, so check
+            # first; a writer racing between check and rename may still be replaced.
+            if os.path.lexists(self._path):
+                size = self._sink._check_same(self._path, self.key, sha256)
+                os.unlink(self.pending)
+                return True, size
+            os.rename(self.pending, self._path)
+            return False, self.size
+        os.unlink(self.pending)
+        return False, self.size
+
+    def abort(self) -> None:
+        if self._state != "open":
+            return  # idempotent; never removes a committed object
+        self._state = "aborted"
+        try:
+            self._drop()
+        except OSError as exc:
+            raise SinkError(f"sink {self._sink.label!r}: cannot remove temporary file "
+                            f"{self.pending} of key {self.key!r}: {exc.strerror}") from exc
+
+
+@hookimpl
+def archiver_register_sinks(register):
+    register(LocalSink)
