@@ -213,4 +213,12 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
             _build(registry, "transform", t, f"sinks[{i}].transforms[{j}]", errors)
             for j, t in enumerate(s.transforms)]
     errors.raise_if_any()
+    # The raw component mappings may hold interpolated secrets; only the typed configs
+    # (with SecretStr fields) are kept from here on.
+    settings = settings.model_copy(update={
+        "source": ComponentSpec(type=settings.source.type),
+        "transforms": [ComponentSpec(type=t.type) for t in settings.transforms],
+        "sinks": [SinkSpec(name=s.name, type=s.type,
+                           transforms=[ComponentSpec(type=t.type) for t in s.transforms])
+                  for s in settings.sinks]})
     return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file)

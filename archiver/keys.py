@@ -117,6 +117,11 @@ def result_json_key(project_id: str, job_id: str) -> str:
     return f"{job_prefix(project_id, job_id)}/data/result.json"
 
 
+def artifacts_prefix(project_id: str, job_id: str) -> str:
+    """Where a job's artifacts go; append a key from :func:`artifact_keys`."""
+    return f"{job_prefix(project_id, job_id)}/data/artifacts/"
+
+
 def artifact_key(project_id: str, job_id: str, relative: str) -> str:
     return f"{job_prefix(project_id, job_id)}/data/artifacts/{sanitize_key(relative)}"
 

@@ -210,7 +210,7 @@ class Pipeline:
                 Item("result", "result.json", None, result,
                      self._keys(job, None, keymod.result_json_key(job.project_id, job.id), False))]
         items = docs + [Item("artifact", a.path, a, None, self._keys(
-            job, a, keymod.artifact_key(job.project_id, job.id, "") + rel[a.path], True))
+            job, a, keymod.artifacts_prefix(job.project_id, job.id) + rel[a.path], True))
             for a in artifacts]
         results: list[ArtifactResult] = []
         for item in docs:  # records first, then the artifacts, concurrently

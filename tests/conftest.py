@@ -32,22 +32,3 @@ def write_config(tmp_path: Path):
         return path
 
     return write
-
-
-def basic_config(emu, tmp_path: Path, extra_sink: str = "", top: str = "") -> str:
-    return textwrap.dedent(f"""\
-        source:
-          type: plangrep
-          base_url: {emu.base_url}
-          api_key: ${{PLANGREP_API_KEY}}
-          backoff_base: 0.01
-        transforms:
-          - type: checksum
-            algorithms: [sha256, md5]
-        sinks:
-          - name: primary
-            type: local
-            root: {tmp_path / 'archive'}
-        state_dir: {tmp_path / 'state'}
-        concurrency: 4
-        """) + extra_sink + top

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from archiver.testing.emulator import ArtifactSpec
 
-from .conftest import basic_config
+from archiver.testing.configs import basic_config
 
 
 def archiver(*args, env_key=None, cwd=None, timeout=120):
@@ -171,3 +171,26 @@ def test_sigterm_aborts_cleanly(emu, tmp_path):
     assert proc.returncode == 130, err
     assert not _partials(root)
     assert "nothing partial" in err
+
+
+def test_plugin_commands_join_the_cli():
+    """archiver_register_commands: a plugin's command is callable from the real group."""
+    import click
+    from click.testing import CliRunner
+
+    from archiver.cli import cli as real_cli
+    from archiver.hookspecs import hookimpl
+    from archiver.plugins import build_plugin_manager
+
+    class Hello:
+        @hookimpl
+        def archiver_register_commands(self, cli):
+            @cli.command("hello-test")
+            def hello():
+                click.echo("hello from a plugin")
+
+    group = click.Group(commands=dict(real_cli.commands))
+    build_plugin_manager(extra=[("hello", Hello())]).hook.archiver_register_commands(cli=group)
+    out = CliRunner().invoke(group, ["hello-test"])
+    assert out.exit_code == 0 and out.output == "hello from a plugin\n"
+    assert "hello-test" not in real_cli.commands

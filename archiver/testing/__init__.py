@@ -1,0 +1,1 @@
+"""Test helpers shipped with archiver (the Plangrep API emulator lives in ``emulator``)."""
