@@ -16,30 +16,12 @@ digests. Each stage's facts are kept with its position and what it measured.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .components import ArtifactContext, Stage, Transform
+from .default_plugins.checksum import digest_stage
 from .errors import TransformError
-
-
-class Sha256Stage(Stage):
-    """The implicit digest stage: passes bytes through, hashes them."""
-
-    name = "sha256"
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self._n = 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        self._h.update(chunk)
-        self._n += len(chunk)
-        return chunk
-
-    def facts(self) -> dict[str, Any]:
-        return {"digests": {"sha256": self._h.hexdigest()}, "size": self._n}
 
 
 @dataclass
@@ -58,23 +40,29 @@ class Chain:
     slots: list[_Slot] = field(default_factory=list)
     where: str = ""
 
-    def feed(self, chunk: bytes) -> bytes:
-        for slot in self.slots:
-            if not chunk:
-                return b""
-            chunk = self._call(slot, slot.stage.feed, chunk)
-        return chunk
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """Output pieces for ``chunk``; each piece has passed every stage."""
+        return self._push(0, chunk)
 
-    def finish(self) -> bytes:
-        pending = b""
-        for slot in self.slots:
-            data = self._call(slot, slot.stage.feed, pending) if pending else b""
-            pending = data + self._call(slot, slot.stage.finish)
-        return pending
+    def finish(self) -> Iterator[bytes]:
+        for i, slot in enumerate(self.slots):
+            for piece in self._guard(slot, slot.stage.iter_finish()):
+                yield from self._push(i + 1, piece)
 
-    def _call(self, slot: _Slot, fn, *args) -> bytes:
+    def _push(self, i: int, chunk: bytes) -> Iterator[bytes]:
+        if i == len(self.slots):
+            yield chunk
+            return
+        slot = self.slots[i]
+        for piece in self._guard(slot, slot.stage.iter_feed(chunk)):
+            yield from self._push(i + 1, piece)
+
+    def _guard(self, slot: _Slot, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """Non-empty pieces of one stage; its errors name the transform and position."""
         try:
-            return fn(*args)
+            for piece in pieces:
+                if piece:
+                    yield piece
         except TransformError as exc:
             raise TransformError(f"transform {slot.name} ({slot.label}): {exc}") from exc
         except Exception as exc:  # a plugin bug must fail this artifact, not the run
@@ -109,7 +97,7 @@ def _build(transforms: list[Transform], ctx: ArtifactContext, prefix: str,
             if algos[i]:
                 slots[i].measures = "received"
         if not any("sha256" in algos[i] for i in range(first_change)):
-            slots.insert(0, _Slot("implicit", "sha256", Sha256Stage(), False, "received"))
+            slots.insert(0, _Slot("implicit", "sha256", digest_stage(("sha256",)), False, "received"))
             algos.insert(0, ("sha256",))
             last_change += 1 if last_change >= 0 else 0
     if stored and last_change >= 0:
@@ -118,7 +106,7 @@ def _build(transforms: list[Transform], ctx: ArtifactContext, prefix: str,
             if algos[i]:
                 slots[i].measures = "stored"
         if not any("sha256" in algos[i] for i in tail):
-            slots.append(_Slot("implicit", "sha256", Sha256Stage(), False, "stored"))
+            slots.append(_Slot("implicit", "sha256", digest_stage(("sha256",)), False, "stored"))
     return Chain(slots, prefix)
 
 

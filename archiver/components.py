@@ -99,6 +99,18 @@ class Stage:
     def finish(self) -> bytes:
         return b""
 
+    def iter_feed(self, chunk: bytes) -> Iterator[bytes]:
+        """Like ``feed``, but yields the output in pieces; the core always calls this one.
+
+        Override it (and ``iter_finish``) when one input chunk can expand a lot
+        (decompression): each piece goes down the chain and into the writers before the
+        next is made, so memory stays bounded whatever the expansion ratio.
+        """
+        yield self.feed(chunk)
+
+    def iter_finish(self) -> Iterator[bytes]:
+        yield self.finish()
+
     def facts(self) -> dict[str, Any]:
         """Facts learnt from the bytes, e.g. ``{"digests": {"sha256": "..."}}``."""
         return {}

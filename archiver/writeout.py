@@ -121,12 +121,10 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
                 if p.stop.is_set():
                     raise Interrupted("stop requested")
                 size += len(chunk)
-                data = head.feed(chunk)
-                if data:
+                for data in head.feed(chunk):
                     _fan_out(p, job, item, outs, data, res)
-            tail = head.finish()
-            if tail:
-                _fan_out(p, job, item, outs, tail, res)
+            for data in head.finish():
+                _fan_out(p, job, item, outs, data, res)
             _fan_out(p, job, item, outs, None, res)
         finally:
             if dl is not None:
@@ -152,12 +150,11 @@ def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
     """Feed ``data`` (None: finish) to every live sink; a failing sink is dropped alone."""
     for name, out in list(outs.items()):
         try:
-            piece = out.chain.feed(data) if data is not None else out.chain.finish()
-            if piece:
+            for piece in out.chain.feed(data) if data is not None else out.chain.finish():
                 out.writer.write(piece)
                 out.written += len(piece)
-                if out.pending_id is None:
-                    _track_pending(p, job, item, out)
+            if out.pending_id is None:
+                _track_pending(p, job, item, out)
         except (ArchiverError, OSError) as exc:
             res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
             _abort(p, out)

@@ -41,17 +41,14 @@ start of the artifact, so the output and the guards' decisions depend on the byt
 never on how the pipeline chunked them.
 
 **Memory**: the decoder state (zstd: up to ``max_window_bytes``; xz: its dictionary;
-bzip2 ~4 MB; gzip 32 KiB), at most 64 KiB of pending input, and the output of one
-``feed`` call. Decoders emit output in pieces of at most ~8 MiB and the guards are
-checked between pieces, but ``feed`` returns all output of its input at once (the Stage
-contract), so that output is bounded by the local ratio guard: roughly
-``max_ratio * (chunk + 1 MiB)``, e.g. ~1 GiB for a 1 MiB chunk of data compressed
-exactly at the default limit, and never more than ``max_output_bytes``. Ordinary data
-at ratio 5 needs ~5 MiB per 1 MiB chunk; a bomb at the start of an artifact is
-refused after ~64 MiB of output. :meth:`DecompressStage.iter_feed` and
-:meth:`~DecompressStage.iter_finish` yield the same output as those pieces instead, for a
-caller that passes each piece on before asking for the next (memory then stays at a few
-MiB whatever the ratio); they must be iterated to the end.
+bzip2 ~4 MB; gzip 32 KiB), at most 64 KiB of pending input, and one output piece of at
+most ~8 MiB: the core calls :meth:`DecompressStage.iter_feed` /
+:meth:`~DecompressStage.iter_finish`, and each piece goes down the chain and into the
+writers before the next is made, so memory stays flat whatever the ratio. The guards are
+checked between pieces; a bomb at the start of an artifact is refused after ~64 MiB of
+output at the defaults. ``feed``/``finish`` (which join the pieces) exist for the Stage
+contract and for callers that want plain bytes; their output is bounded only by the local
+ratio guard, roughly ``max_ratio * (chunk + 1 MiB)``.
 
 Keys: :meth:`DecompressTransform.rename` drops ``.gz .gzip .bz2 .xz .lzma .zst .zstd``
 (case-insensitive; ``.tgz .tbz .tbz2 .txz .tzst`` become ``.tar``) for enabled formats
