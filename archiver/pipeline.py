@@ -118,14 +118,23 @@ class Pipeline:
         return n
 
     # ------------------------------------------------------------------ the pass
-    def run(self, job_ids: Iterable[str] | None = None) -> RunReport:
+    def run(self, job_ids: Iterable[str] | None = None, *,
+            jobs: Iterable[Job] | None = None, preflight: bool = True) -> RunReport:
+        """One pass. ``job_ids``: archive these (re-read through the API) even if the
+        ledger has them; ``jobs``: already-read jobs (watch mode), triaged like a listing;
+        neither: every job the source lists. ``preflight=False`` skips the sinks'
+        preflight and crash recovery (a long-running caller does them once)."""
         report = RunReport()
         try:
-            self.preflight()
-            self.recover()
+            if preflight:
+                self.preflight()
+                self.recover()
             states = self.ledger.job_states()
             explicit = job_ids is not None
-            jobs = (self.source.get_job(j) for j in job_ids) if explicit else self.source.iter_jobs()
+            if explicit:
+                jobs = (self.source.get_job(j) for j in job_ids)
+            elif jobs is None:
+                jobs = self.source.iter_jobs()
             c = self.settings.concurrency
             with ThreadPoolExecutor(c, thread_name_prefix="archiver-job") as job_pool, \
                     ThreadPoolExecutor(c, thread_name_prefix="archiver-artifact") as art_pool:

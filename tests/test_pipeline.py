@@ -367,3 +367,48 @@ def test_expired_before_archiving_is_lost(emu, tmp_path):
     report, summary = run_once(emu, tmp_path)
     assert job["id"] in report.lost and report.exit_code == 4
     assert summary["jobs"].get("lost") == 1
+
+
+def _gzip_zeros(n: int) -> bytes:
+    import zlib
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1 << 20)
+    return b"".join([*(c.compress(block) for _ in range(n >> 20)), c.flush()])
+
+
+def test_bad_compressed_input_fails_only_that_sink(emu, tmp_path):
+    """Bomb, truncated, fake magic, empty: the decompressing sink refuses each with a
+    message naming job, artifact, sink and transform; the byte-exact sink stores all."""
+    good = gzip.compress(b'{"ok": true}\n' * 1000)
+    bad = {"bomb.gz": _gzip_zeros(64 << 20),            # ~64 KiB -> 64 MiB, ratio ~1000
+           "truncated.gz": good[: len(good) // 2],
+           "fake.gz": b"\x1f\x8b" + b"this is not deflate data" * 10}
+    emu.add_project(project_id="proj_t", name="T")
+    job = emu.add_job("proj_t", artifacts=[
+        *(ArtifactSpec(path=p, data=d) for p, d in bad.items()),
+        ArtifactSpec(path="empty.bin", data=b""), ArtifactSpec(path="ok.json.gz", data=good)])
+    extra = f"""\
+  - name: plain
+    type: local
+    root: {tmp_path / 'plain'}
+    transforms:
+      - type: decompress
+        max_ratio: 100
+"""
+    text = basic_config(emu, tmp_path).replace("state_dir:", extra + "state_dir:")
+    pipeline, ledger = make(emu, tmp_path, text=text)
+    report = pipeline.run()
+    problems = report.incomplete[job["id"]]
+    assert len(problems) == 3
+    for path in bad:
+        msg = next(p for p in problems if p.startswith(path))
+        assert job["id"] in msg and "sink plain" in msg and "transform decompress" in msg
+    exact = job_dir(tmp_path, job) / "artifacts"
+    for path, data in bad.items():
+        assert (exact / path).read_bytes() == data
+    plain = tmp_path / "plain" / "proj_t" / job["id"] / "data" / "artifacts"
+    assert sorted(p.name for p in plain.iterdir()) == ["empty.bin", "ok.json"]
+    assert (plain / "ok.json").read_bytes() == gzip.decompress(good)
+    assert not partials(tmp_path / "plain") and not partials(tmp_path / "archive")
+    failed = {(e["path"], e["sink"]) for e in ledger.events(job["id"]) if e["kind"] == "failed"}
+    assert failed == {(p, "plain") for p in bad}
