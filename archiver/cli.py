@@ -194,6 +194,7 @@ def status(config_file: str, as_json: bool, job_id: str | None) -> None:
               help="Only leftovers older than this (e.g. 30m, 12h, 1d).")
 def cleanup(config_file: str, older_than: str) -> None:
     """Remove what crashed writers left: temporary files, open multipart uploads."""
+    from .errors import ArchiverError
     from .ledger import open_ledger
     from .pipeline import Pipeline
     seconds = _duration(older_than)
@@ -203,9 +204,16 @@ def cleanup(config_file: str, older_than: str) -> None:
     try:
         n = pipeline.recover()
         click.echo(f"discarded {n} writer(s) recorded in the ledger")
+        failed = False
         for name, sink in pipeline.sinks.items():
-            for item in sink.cleanup(seconds):
-                click.echo(f"{name}: removed {item}")
+            try:
+                for item in sink.cleanup(seconds):
+                    click.echo(f"{name}: removed {item}")
+            except ArchiverError as exc:
+                click.echo(f"error: sink {name}: {exc}", err=True)
+                failed = True
+        if failed:
+            sys.exit(3)
     finally:
         pipeline.close()
         ledger.close()

@@ -65,6 +65,26 @@ def sanitize_key(key: str) -> str:
     return out
 
 
+_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def is_safe_key(key: str) -> bool:
+    """True when ``key`` needs no sanitising: no empty, ``.`` or ``..`` segment, no
+    backslash or control character, within the length limits. Output of
+    :func:`sanitize_key` is always safe (``%`` escapes are fine)."""
+    segments = key.split("/")
+    return (bool(key) and not _UNSAFE.search(key) and _blen(key) <= MAX_KEY_BYTES + 256
+            and all(s not in ("", ".", "..") and _blen(s) <= MAX_SEGMENT_BYTES
+                    for s in segments))
+
+
+def ensure_safe_key(key: str) -> str:
+    """``key`` itself when already safe (so sanitising twice never re-escapes ``%``),
+    else :func:`sanitize_key` of it. For keys built from sanitised parts and then handed
+    to plugins (the artifact-key hook, transform renames)."""
+    return key if is_safe_key(key) else sanitize_key(key)
+
+
 def _with_suffix(key: str, tag: str) -> str:
     head, _, last = key.rpartition("/")
     stem, dot, ext = last.partition(".")

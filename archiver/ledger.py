@@ -79,6 +79,7 @@ class Ledger(Protocol):
                     received: dict[str, str], chain: list[dict[str, Any]],
                     verified: bool) -> None: ...
     def add_pending(self, sink: str, token: str, job_id: str | None, path: str | None) -> int: ...
+    def update_pending(self, pending_id: int, token: str) -> None: ...
     def remove_pending(self, pending_id: int) -> None: ...
     def list_pending(self) -> list[tuple[int, str, str, float]]: ...
     def event(self, kind: str, message: str = "", *, job_id: str | None = None,
@@ -158,6 +159,9 @@ class SQLiteLedger:
                 "INSERT INTO pending (sink, token, job_id, path, started) VALUES (?,?,?,?,?)",
                 (sink, token, job_id, path, time.time()))
             return int(cur.lastrowid)
+
+    def update_pending(self, pending_id: int, token: str) -> None:
+        self._exec("UPDATE pending SET token=? WHERE id=?", (token, pending_id))
 
     def remove_pending(self, pending_id: int) -> None:
         self._exec("DELETE FROM pending WHERE id=?", (pending_id,))

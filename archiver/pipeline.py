@@ -252,7 +252,7 @@ class Pipeline:
             if transformed:
                 for t in self.common + self.per_sink.get(name, []):
                     key = t.rename(key)
-            out[name] = keymod.sanitize_key(key)
+            out[name] = keymod.ensure_safe_key(key)
         return out
 
     def _item(self, job: Job, item: Item, done: dict, report: RunReport) -> ArtifactResult:

@@ -42,6 +42,7 @@ class _Out:
         self.sink, self.chain, self.writer = sink_name, chain, writer
         self.written = 0
         self.pending_id: int | None = None
+        self.token: str | None = None
 
 
 def _what(job: Job, item: Item) -> str:
@@ -140,9 +141,16 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
 
 
 def _track_pending(p: "Pipeline", job: Job, item: Item, out: _Out) -> None:
+    """Keep the ledger's record of what a crash would leave in step with the writer
+    (a multipart upload id appears only once the first part is sent)."""
     token = out.writer.pending
-    if token and out.pending_id is None:
+    if token == out.token:
+        return
+    if out.pending_id is None:
         out.pending_id = p.ledger.add_pending(out.sink, token, job.id, item.path)
+    else:
+        p.ledger.update_pending(out.pending_id, token)
+    out.token = token
 
 
 def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
@@ -153,8 +161,7 @@ def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
             for piece in out.chain.feed(data) if data is not None else out.chain.finish():
                 out.writer.write(piece)
                 out.written += len(piece)
-            if out.pending_id is None:
-                _track_pending(p, job, item, out)
+            _track_pending(p, job, item, out)
         except (ArchiverError, OSError) as exc:
             res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
             _abort(p, out)

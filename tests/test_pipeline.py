@@ -281,7 +281,7 @@ def test_per_sink_chains_and_dual_digests(emu, tmp_path):
       - type: checksum
         algorithms: [sha256, sha1]
 """
-    text = basic_config(emu, tmp_path).replace("state_dir:", extra + "state_dir:")
+    text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text)
     report = pipeline.run()
     assert report.archived == [job["id"]], report.as_dict()
@@ -339,7 +339,7 @@ def test_transform_failure_isolated_to_its_sink(emu, tmp_path):
     transforms:
       - type: boom
 """
-    text = basic_config(emu, tmp_path).replace("state_dir:", extra + "state_dir:")
+    text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text, extra=[("exploding", Exploding())])
     report = pipeline.run()
     assert report.archived == [job["id"]]
@@ -395,7 +395,7 @@ def test_bad_compressed_input_fails_only_that_sink(emu, tmp_path):
       - type: decompress
         max_ratio: 100
 """
-    text = basic_config(emu, tmp_path).replace("state_dir:", extra + "state_dir:")
+    text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text)
     report = pipeline.run()
     problems = report.incomplete[job["id"]]

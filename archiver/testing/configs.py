@@ -8,7 +8,9 @@ from pathlib import Path
 
 def basic_config(emu, tmp_path: Path, extra_sink: str = "", top: str = "") -> str:
     """A complete config: plangrep source on ``emu`` (key from ``$PLANGREP_API_KEY``),
-    checksum sha256+md5, a local sink ``primary`` at ``tmp_path/archive``."""
+    checksum sha256+md5, a local sink ``primary`` at ``tmp_path/archive``; ``extra_sink``
+    is YAML for more list items of ``sinks:`` (``  - name: ...``), ``top`` more top-level
+    keys."""
     return textwrap.dedent(f"""\
         source:
           type: plangrep
@@ -22,6 +24,7 @@ def basic_config(emu, tmp_path: Path, extra_sink: str = "", top: str = "") -> st
           - name: primary
             type: local
             root: {tmp_path / 'archive'}
+        """) + extra_sink + textwrap.dedent(f"""\
         state_dir: {tmp_path / 'state'}
         concurrency: 4
-        """) + extra_sink + top
+        """) + textwrap.dedent(top)

@@ -39,34 +39,58 @@ Emulator decisions (the docs are silent; see /work/shared/plangrep-api.md, "Deci
 
 from __future__ import annotations
 
-import hmac
-import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
-from urllib.parse import unquote
 
 from .emulator_data import (
-    RETENTION, SHAPES, STATUSES, TERMINAL, WITH_RESULT, AUTO_PLACEMENT, Artifact, ArtifactSpec,
-    JobState, artifact_url, build_result, content_disposition_for, decompress, iso, to_utc,
+    AUTO_PLACEMENT,
+    RETENTION,
+    SHAPES,
+    STATUSES,
+    TERMINAL,
+    WITH_RESULT,
+    Artifact,
+    ArtifactSpec,
+    JobState,
+    artifact_url,
+    build_result,
+    content_disposition_for,
+    decompress,
+    iso,
+    to_utc,
 )
 from .emulator_http import (
-    ApiHandler, EmulatorServer, Faults, RequestLog, RequestRecord, StorageHandler,
+    ApiHandler,
+    EmulatorServer,
+    Faults,
+    RequestLog,
+    RequestRecord,
+    StorageHandler,
 )
+from .emulator_routes import RoutesMixin
 
-__all__ = ["Emulator", "ArtifactSpec", "Faults", "RequestRecord", "serve", "decompress",
-           "content_disposition_for", "DEFAULT_API_KEY", "DEFAULT_SCOPES"]
+__all__ = [
+    "DEFAULT_API_KEY",
+    "DEFAULT_SCOPES",
+    "ArtifactSpec",
+    "Emulator",
+    "Faults",
+    "RequestRecord",
+    "content_disposition_for",
+    "decompress",
+    "serve",
+]
 
 DEFAULT_API_KEY = "pk_test_emulator"
 DEFAULT_SCOPES = frozenset({"jobs:read", "jobs:write", "artifacts:read"})
 API_PREFIX = "/api/open/v1"
-PRESIGN_TTL = 900  # seconds a redirect URL stays valid
 _ARTIFACT_BYTES_LIMIT = 256 << 20
 
 
-class Emulator:
+class Emulator(RoutesMixin):
     """In-process Plangrep Open API. Thread-safe; see the module docstring for its rules."""
 
     api_prefix = API_PREFIX
@@ -94,7 +118,7 @@ class Emulator:
         self._ports: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, port: int | None = None) -> "Emulator":
+    def start(self, port: int | None = None) -> Emulator:
         """Serve on 127.0.0.1:``port`` (a free port if 0; None: the previous port, else free)."""
         if self._servers:
             raise RuntimeError("emulator already started")
@@ -135,7 +159,7 @@ class Emulator:
         for t in threads:
             t.join(timeout=5)
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:  # noqa: PYI034 - py3.10 has no typing.Self
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -355,91 +379,6 @@ class Emulator:
         return sum(1 for r in self.requests.snapshot()
                    if (method is None or r.method == method.upper())
                    and (route is None or r.route == route))
-
-    # ------------------------------------------------------------------ answers
-    def resolve(self, route: str, params: dict, query: dict) -> tuple:
-        """Answer an authorised API request: ("json", status, body) | ("error", status, code,
-        message) | ("artifact", Artifact)."""
-        now = self._now()
-        with self._lock:
-            if route == "projects":
-                return self._json({"projects": [dict(p) for p in self._projects.values()]})
-            if route in ("jobs", "project_artifact"):
-                project_id = params["project"]
-                if project_id not in self._projects:
-                    return ("error", 404, "not_found", f"Project {project_id} not found.")
-                if route == "jobs":
-                    jobs = sorted((j for j in self._jobs.values() if j.project_id == project_id),
-                                  key=lambda j: (j.created_at, j.seq), reverse=True)
-                    return self._json({"jobs": [self._job_dict(j) for j in jobs]})
-                path = query.get("path")
-                if not path:
-                    return ("error", 400, "invalid_request", "The path parameter is required.")
-                art = self._entity_artifacts[project_id].get(path)
-                job = self._jobs[art.job_id] if art else None
-                if job is not None and job.effective_status(now) == "expired":
-                    return ("error", 410, "job_expired", f"Job {job.id} has expired.")
-                if job is None or job.status not in WITH_RESULT:
-                    return ("error", 404, "artifact_not_in_result",
-                            "The path is not referenced by this project.")
-                return ("artifact", art)
-            job = self._jobs.get(params["job"])
-            if job is None:
-                return ("error", 404, "not_found", f"Job {params['job']} not found.")
-            if job.effective_status(now) == "expired":
-                return ("error", 410, "job_expired", f"Job {job.id} has expired.")
-            if route == "job":
-                return self._json({"job": self._job_dict(job)})
-            if job.status not in WITH_RESULT or job.result_bytes is None:
-                return ("error", 409, "result_not_available",
-                        f"Job {job.id} is {job.status}; it has no result.")
-            if route == "result":
-                return ("json", 200, job.result_bytes)
-            path = query.get("path")
-            if not path:
-                return ("error", 400, "invalid_request", "The path parameter is required.")
-            art = job.artifacts.get(path)
-            if art is None:
-                return ("error", 404, "artifact_not_in_result",
-                        "The path is not referenced by this job's result.")
-            return ("artifact", art)
-
-    @staticmethod
-    def _json(obj: object) -> tuple:
-        return ("json", 200, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
-
-    def _sign(self, resource: str, expires: str) -> str:
-        return hmac.new(self._secret, f"{resource}|{expires}".encode(), "sha256").hexdigest()[:32]
-
-    def presign(self, art: Artifact) -> str:
-        """A pre-signed storage URL for ``art`` (what a redirected artifact GET points to)."""
-        resource = f"/blobs/{art.token}"
-        expires = str(int(time.time()) + PRESIGN_TTL)
-        return (f"{self.storage_url}{resource}?X-Emu-Expires={expires}"
-                f"&X-Emu-Signature={self._sign(resource, expires)}")
-
-    def resolve_storage(self, path: str, query: dict) -> tuple:
-        resource = unquote(path)
-        expires, signature = query.get("X-Emu-Expires", ""), query.get("X-Emu-Signature", "")
-        if not (expires.isdigit() and hmac.compare_digest(signature, self._sign(resource, expires))):
-            return ("error", 403, "forbidden", "Signature does not match.")
-        if int(expires) < time.time() and resource.startswith("/blobs/"):
-            return ("error", 403, "request_expired", "The pre-signed URL has expired.")
-        parts = resource.strip("/").split("/")
-        with self._lock:
-            if parts[0] == "blobs" and len(parts) == 2 and parts[1] in self._tokens:
-                art = self._tokens[parts[1]]
-                job = self._jobs[art.job_id]
-            elif parts[0] == "results" and len(parts) == 3 and parts[1] in self._jobs:
-                art, job = None, self._jobs[parts[1]]
-            else:
-                return ("error", 404, "not_found", "No such object.")
-            if job.effective_status(self._now()) == "expired":
-                return ("error", 410, "job_expired", f"Job {job.id} has expired.")
-            if art is None:
-                return ("json", 200, job.result_bytes) if job.result_bytes is not None else (
-                    "error", 404, "not_found", "No such object.")
-            return ("artifact", art)
 
     # ------------------------------------------------------------------ demo
     def load_demo(self) -> list[dict]:

@@ -20,9 +20,9 @@ import lzma
 import random
 import threading
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
 from urllib.parse import quote
 
 BLOCK = 1 << 20

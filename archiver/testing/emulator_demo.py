@@ -51,7 +51,7 @@ DEMO_JOBS = [
 ]
 
 
-def load_demo(emu: "Emulator") -> list[dict]:
+def load_demo(emu: Emulator) -> list[dict]:
     """Add the demo projects and jobs (idempotent); returns the demo Jobs as served."""
     emu.add_project(project_id=TOWER, name="Harbour Tower")
     emu.add_project(project_id=SCHOOL, name="Riverside School")

@@ -104,7 +104,7 @@ class EmulatorServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, port: int, handler: type, emulator: "Emulator"):
+    def __init__(self, port: int, handler: type, emulator: Emulator):
         self.emulator = emulator
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -158,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args) -> None:
         if self.server.emulator.verbose:  # the request line never holds the key
             sys.stderr.write(f"emulator {self.address_string()} - {format % args}\n")
 

@@ -1,0 +1,351 @@
+"""Push-style writer of one S3 object: one PutObject, or a bounded multipart upload.
+
+Bytes are buffered up to ``multipart_threshold``. If the object ends below it, ``commit``
+sends one PutObject. On the first byte beyond it the writer creates a multipart upload and
+from then on cuts ``part_size`` parts, uploading at most ``max_parts_in_flight`` at once on
+a small thread pool; ``write`` blocks while that many are in flight, so one writer holds at
+most ``max(multipart_threshold, part_size) + max_parts_in_flight * part_size`` bytes.
+
+boto3's ``upload_fileobj`` is not used: it pulls from a file object and, fed a stream with
+short reads, silently falls back to a single PutObject. Both PutObject and
+CompleteMultipartUpload carry ``If-None-Match: *``, so an existing object is never
+replaced; the sink then compares digests (identical: ``existed=True``; different:
+:class:`~archiver.errors.ConflictError`).
+
+``abort`` may run on another thread (a signal handler's path) while ``write`` or
+``commit`` is in progress: it wakes a ``write`` waiting for a free part slot, aborts the
+multipart upload, waits for parts still in flight and aborts once more, as S3 advises for
+parts that finish after an abort.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from archiver.components import Writer
+from archiver.errors import ArchiverError, SinkError
+from archiver.model import StoredObject
+
+from . import awserrors, checksums
+from .config import MAX_PARTS, SHA256_METADATA
+
+if TYPE_CHECKING:
+    from .sink import S3Sink
+
+log = logging.getLogger("archiver_s3.writer")
+
+
+class S3Writer(Writer):
+    """Writes one object at ``key``; see the module docstring for the protocol.
+
+    ``stats`` counts what the memory bound is about: ``in_flight`` parts right now,
+    ``max_in_flight`` ever, ``waits`` (times ``write`` blocked for a free slot) and
+    ``parts`` uploaded.
+    """
+
+    def __init__(self, sink: "S3Sink", key: str, full_key: str, metadata: dict[str, str]):
+        cfg = sink.config
+        self._sink, self.key, self.full_key = sink, key, full_key
+        self._bucket = cfg.bucket
+        self._part_size, self._threshold = cfg.part_size, cfg.multipart_threshold
+        self._max_in_flight = cfg.max_parts_in_flight
+        self._algorithm = cfg.checksum_algorithm
+        self._metadata = metadata
+        self._cond = threading.Condition()
+        self._state = "open"   # open | committing | committed | failed | aborted | discarded
+        self._buf = bytearray()
+        self._running = checksums.Running(self._algorithm)
+        self.size = 0
+        self._upload_id: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._parts: dict[int, dict[str, Any]] = {}
+        self._part_digests: dict[int, bytes] = {}
+        self._next_part = 1
+        self._error: BaseException | None = None
+        self._nonce = secrets.token_hex(8)
+        self.stats = {"in_flight": 0, "max_in_flight": 0, "waits": 0, "parts": 0}
+
+    def __repr__(self) -> str:
+        return f"S3Writer({self._sink.describe(self.key)!r}, state={self._state})"
+
+    # ------------------------------------------------------------------ token
+    @property
+    def pending(self) -> str:
+        """JSON naming bucket, key, this writer and (once created) the multipart UploadId."""
+        token = {"bucket": self._bucket, "key": self.full_key, "writer": self._nonce}
+        if self._upload_id:
+            token["upload_id"] = self._upload_id
+        return json.dumps(token, sort_keys=True)
+
+    @property
+    def nonce(self) -> str:
+        return self._nonce
+
+    @property
+    def upload_id(self) -> str | None:
+        return self._upload_id
+
+    # ------------------------------------------------------------------ helpers
+    def _where(self) -> str:
+        return f"sink {self._sink.label!r}: key {self.key!r} ({self._sink.describe(self.key)})"
+
+    def _check_open(self, action: str) -> None:
+        if self._state != "open":
+            raise SinkError(f"{self._where()}: cannot {action}: the writer is {self._state}")
+        if self._error is not None:
+            raise self._part_failure()
+
+    def _part_failure(self) -> SinkError:
+        exc = self._error
+        if isinstance(exc, ArchiverError):
+            return SinkError(f"{self._where()}: {exc}")
+        return SinkError(f"{self._where()}: uploading a part failed: "
+                         f"{awserrors.describe(exc)}")
+
+    def _sink_error(self, action: str, exc: BaseException) -> SinkError:
+        return SinkError(f"{self._where()}: {action} failed: {awserrors.describe(exc)}")
+
+    # ------------------------------------------------------------------ writing
+    def write(self, chunk: bytes) -> None:
+        with self._cond:
+            self._check_open("write")
+        if not chunk:
+            return
+        self._running.update(chunk)
+        self.size += len(chunk)
+        if self._upload_id is None:
+            self._buf += chunk
+            if len(self._buf) > self._threshold:
+                self._start_multipart()
+                self._cut_buffered_parts()
+            return
+        view = memoryview(chunk).cast("B")
+        while view:
+            room = self._part_size - len(self._buf)
+            self._buf += view[:room]
+            view = view[room:]
+            if len(self._buf) == self._part_size:
+                part, self._buf = self._buf, bytearray()
+                self._submit(part)
+
+    def _start_multipart(self) -> None:
+        params = self._sink.object_params(self.full_key, self._metadata)
+        params["ChecksumType"] = checksums.multipart_type(self._algorithm)
+        try:
+            resp = self._sink.client.create_multipart_upload(**params)
+        except Exception as exc:
+            with self._cond:
+                if self._state == "open":
+                    self._state = "failed"
+            raise self._sink_error("starting the multipart upload", exc) from exc
+        upload_id = resp["UploadId"]
+        with self._cond:
+            lost = self._state != "open"
+            if not lost:
+                self._upload_id = upload_id
+                self._pool = ThreadPoolExecutor(self._max_in_flight,
+                                                thread_name_prefix="archiver-s3-part")
+        if lost:  # abort() ran on another thread while the upload was being created
+            self._sink.abort_upload(self._bucket, self.full_key, upload_id)
+            raise SinkError(f"{self._where()}: cannot write: the writer is {self._state}")
+        log.debug("%s: multipart upload %s started", self._where(), upload_id)
+
+    def _cut_buffered_parts(self) -> None:
+        """After the threshold overflowed: send every whole part the buffer holds."""
+        data, self._buf = self._buf, bytearray()
+        full = len(data) // self._part_size * self._part_size
+        with memoryview(data) as view:
+            for start in range(0, full, self._part_size):
+                self._submit(bytes(view[start:start + self._part_size]))
+            self._buf = bytearray(view[full:])
+
+    def _submit(self, part: bytes | bytearray) -> None:
+        with self._cond:
+            if self.stats["in_flight"] >= self._max_in_flight:
+                self.stats["waits"] += 1
+            while (self.stats["in_flight"] >= self._max_in_flight and self._state
+                   in ("open", "committing") and self._error is None):
+                self._cond.wait()
+            pool = self._pool
+            if self._state not in ("open", "committing") or pool is None:
+                raise SinkError(f"{self._where()}: cannot write: the writer is {self._state}")
+            if self._error is not None:
+                raise self._part_failure()
+            number = self._next_part
+            if number > MAX_PARTS:
+                raise SinkError(f"{self._where()}: the object needs more than {MAX_PARTS} "
+                                f"parts of {self._part_size} bytes; raise part_size")
+            self._next_part += 1
+            self.stats["in_flight"] += 1
+            self.stats["max_in_flight"] = max(self.stats["max_in_flight"],
+                                              self.stats["in_flight"])
+        try:
+            future = pool.submit(self._upload_part, number, part)
+        except RuntimeError as exc:  # the pool was shut down by a concurrent abort
+            with self._cond:
+                self.stats["in_flight"] -= 1
+                self._cond.notify_all()
+            raise SinkError(f"{self._where()}: cannot write: the writer is "
+                            f"{self._state}") from exc
+        future.add_done_callback(self._part_done)  # also runs for cancelled parts
+
+    def _part_done(self, future: Future) -> None:
+        with self._cond:
+            self.stats["in_flight"] -= 1
+            if not future.cancelled() and future.exception() is not None \
+                    and self._error is None:
+                self._error = future.exception()
+            self._cond.notify_all()
+
+    def _upload_part(self, number: int, data: bytes | bytearray) -> None:
+        if self._state not in ("open", "committing") or self._error is not None:
+            return
+        digest = checksums.part_checksum(self._algorithm, data)
+        value = checksums.b64(digest)
+        name = f"Checksum{self._algorithm}"
+        resp = self._sink.client.upload_part(
+            Bucket=self._bucket, Key=self.full_key, UploadId=self._upload_id,
+            PartNumber=number, Body=data, ContentLength=len(data),
+            ChecksumAlgorithm=self._algorithm, **{name: value})
+        if resp.get(name) not in (None, value):
+            raise SinkError(f"S3 reports checksum {resp.get(name)} for part {number}, "
+                            f"we sent {value}")
+        with self._cond:
+            self._parts[number] = {"PartNumber": number, "ETag": resp["ETag"], name: value}
+            self._part_digests[number] = digest
+            self.stats["parts"] += 1
+
+    def _drain(self) -> None:
+        """Wait until no part is in flight; raise the first part failure."""
+        with self._cond:
+            while self.stats["in_flight"] and self._state == "committing" \
+                    and self._error is None:
+                self._cond.wait()
+            if self._state != "committing":
+                raise SinkError(f"{self._where()}: cannot commit: the writer is {self._state}")
+            if self._error is not None:
+                raise self._part_failure()
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, digests: dict[str, str]) -> StoredObject:
+        with self._cond:
+            self._check_open("commit")
+            self._state = "committing"
+        try:
+            stored = self._commit(digests or {})
+        except BaseException:
+            with self._cond:
+                if self._state == "committing":
+                    self._state = "failed"
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if self._state == "committing":
+                self._state = "committed"
+        self._finish()
+        return stored
+
+    def _commit(self, digests: dict[str, str]) -> StoredObject:
+        sha256 = str(digests.get("sha256", "")).lower()
+        if not sha256:
+            raise SinkError(f"{self._where()}: cannot commit without a sha256 digest")
+        ours = self._running.sha256.hexdigest()
+        if ours != sha256:
+            raise SinkError(f"{self._where()}: the bytes written have sha256 {ours}, not the "
+                            f"{sha256} given to commit; nothing was stored")
+        if self._upload_id is None:
+            return self._put(sha256, digests)
+        return self._complete(sha256, digests)
+
+    def _put(self, sha256: str, digests: dict[str, str]) -> StoredObject:
+        params = self._sink.object_params(self.full_key,
+                                          {**self._metadata, SHA256_METADATA: sha256})
+        expected = self._running.full_object()
+        body, self._buf = self._buf, bytearray()  # handed over whole: no copy
+        try:
+            resp = self._sink.conditional(
+                self._sink.client.put_object, Body=body, IfNoneMatch="*",
+                **{f"Checksum{self._algorithm}": expected}, **params)
+        except Exception as exc:
+            if awserrors.code(exc) in awserrors.PRECONDITION_FAILED:
+                return self._sink.match_existing(self.key, sha256, digests)
+            raise self._sink_error("PutObject", exc) from exc
+        log.debug("%s: stored with one PutObject (%d bytes)", self._where(), len(body))
+        return self._sink.verify_stored(self.key, resp, digests, expected, "FULL_OBJECT",
+                                        self.size)
+
+    def _complete(self, sha256: str, digests: dict[str, str]) -> StoredObject:
+        if self._buf or self._next_part == 1:
+            part, self._buf = self._buf, bytearray()
+            self._submit(part)
+        self._drain()
+        parts = [self._parts[n] for n in sorted(self._parts)]
+        kind = checksums.multipart_type(self._algorithm)
+        name = f"Checksum{self._algorithm}"
+        if kind == "FULL_OBJECT":
+            expected = self._running.full_object()
+            extra = {"ChecksumType": kind, name: expected}
+        else:
+            expected = checksums.composite(
+                self._algorithm, [self._part_digests[n] for n in sorted(self._part_digests)])
+            extra = {}
+        try:
+            resp = self._sink.conditional(
+                self._sink.client.complete_multipart_upload, Bucket=self._bucket,
+                Key=self.full_key, UploadId=self._upload_id, IfNoneMatch="*",
+                MultipartUpload={"Parts": parts}, MpuObjectSize=self.size, **extra)
+        except Exception as exc:
+            if awserrors.code(exc) in awserrors.PRECONDITION_FAILED:
+                stored = self._sink.match_existing(self.key, sha256, digests)
+                self._abort_upload()  # ours is not needed: the same bytes are there
+                return stored
+            raise self._sink_error("CompleteMultipartUpload", exc) from exc
+        log.debug("%s: multipart upload %s completed (%d parts)", self._where(),
+                  self._upload_id, len(parts))
+        self._sink.tag_sha256(self.key, resp.get("VersionId"), sha256)
+        return self._sink.verify_stored(self.key, resp, digests, expected, kind, self.size)
+
+    # ------------------------------------------------------------------ abort
+    def abort(self) -> None:
+        """Drop everything this writer sent; safe from any thread, idempotent, and a
+        no-op after a successful commit."""
+        self._stop("aborted")
+
+    def discard(self) -> None:
+        """As :meth:`abort`, for ``Sink.discard``: a later ``commit`` fails."""
+        self._stop("discarded")
+
+    def _stop(self, state: str) -> None:
+        with self._cond:
+            if self._state in ("committed", "aborted", "discarded"):
+                return
+            self._state = state
+            self._cond.notify_all()  # wakes a write() waiting for a part slot
+            busy = self.stats["in_flight"] > 0
+        self._buf = bytearray()
+        try:
+            if self._upload_id:
+                self._abort_upload()
+                if busy:
+                    with self._cond:
+                        while self.stats["in_flight"]:
+                            self._cond.wait()
+                    self._abort_upload()  # parts that finished after the first abort
+        finally:
+            self._finish()
+
+    def _abort_upload(self) -> None:
+        if self._upload_id:
+            self._sink.abort_upload(self._bucket, self.full_key, self._upload_id)
+
+    def _finish(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._sink.forget(self)
+
