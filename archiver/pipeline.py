@@ -80,14 +80,21 @@ class Pipeline:
         self.common: list[Transform] = [_instantiate(b) for b in loaded.transforms]
         self.per_sink: dict[str, list[Transform]] = {
             name: [_instantiate(b) for b in lst] for name, lst in loaded.sink_transforms.items()}
-        self.stop = threading.Event()
+        self.stop = threading.Event()       # abort in-flight writers now
+        self.draining = threading.Event()   # start nothing new; in-flight objects finish
         self.policy = RetryPolicy(retries=self.settings.artifact_attempts - 1)
         self.on_progress = on_progress or (lambda kind, data: None)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
+        self.draining.set()
         self.stop.set()
+
+    def request_drain(self) -> None:
+        """Graceful shutdown, first step: objects being written finish, nothing new starts
+        (their jobs stay incomplete and are resumed by the next run)."""
+        self.draining.set()
 
     def close(self) -> None:
         for comp in [self.source, *self.sinks.values()]:
@@ -140,7 +147,7 @@ class Pipeline:
                     ThreadPoolExecutor(c, thread_name_prefix="archiver-artifact") as art_pool:
                 futures = []
                 for job in jobs:
-                    if self.stop.is_set():
+                    if self.draining.is_set():
                         break
                     if self._triage(job, states.get(job.id), explicit, report):
                         futures.append(job_pool.submit(self._job, job, art_pool, report))
@@ -153,7 +160,7 @@ class Pipeline:
             report.fatal = str(exc)
         except SinkError as exc:
             report.fatal = str(exc)
-        if self.stop.is_set() and not report.fatal:
+        if self.draining.is_set() and not report.fatal:
             report.interrupted = True
         return report
 

@@ -55,6 +55,9 @@ def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResul
     if not needed:
         res.skipped = True
         return res
+    if p.draining.is_set():
+        res.errors["*"] = f"{_what(job, item)}: not started, shutting down"
+        return res
     attempt = 0
     while True:
         attempt += 1
