@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 
 from .components import ComponentConfig
 from .errors import ConfigError, PluginError
@@ -48,7 +48,7 @@ class Settings(_Strict):
     sinks: list[SinkSpec] = Field(min_length=1)
     state_dir: Path = Path(".archiver")
     concurrency: int = Field(8, ge=1, le=256)
-    chunk_size: int = Field(1 << 20, ge=4096, le=64 << 20)
+    chunk_size: ByteSize = Field(ByteSize(1 << 20), ge=4096, le=64 << 20)
     artifact_attempts: int = Field(4, ge=1, le=50)
 
     @field_validator("sinks")
@@ -100,7 +100,7 @@ def _line_map(node: yaml.Node, path: str = "", out: dict[str, int] | None = None
     return out
 
 
-def _interpolate(value: Any, path: str, env: dict[str, str], errors: "_Errors") -> Any:
+def _interpolate(value: Any, path: str, env: dict[str, str], errors: _Errors) -> Any:
     """Replace ``${VAR}`` in every string (``$$`` is a literal ``$``); unset is an error."""
     if isinstance(value, dict):
         return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors)

@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 from archiver.components import ComponentConfig
 
@@ -64,8 +64,8 @@ class GCSConfig(ComponentConfig):
     prefix: str = ""
     project: str | None = None
     credentials_file: Path | None = None
-    chunk_size: int = 16 * MiB
-    simple_upload_threshold: int = 8 * MiB
+    chunk_size: ByteSize = ByteSize(16 * MiB)
+    simple_upload_threshold: ByteSize = ByteSize(8 * MiB)
     checksum: Literal["crc32c", "md5", "both"] = "crc32c"
     retention: RetentionConfig | None = None
     temporary_hold: bool = False

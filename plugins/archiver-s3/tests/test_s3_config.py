@@ -56,7 +56,7 @@ def test_defaults_and_sizes():
 
 @pytest.mark.parametrize("options, problem", [
     ({"part_size": 4 * MiB}, "greater than or equal"),
-    ({"part_size": "16 parsecs"}, "not a size"),
+    ({"part_size": "16 parsecs"}, "could not interpret byte unit"),
     ({"kms_key_id": "k"}, "kms_key_id needs sse"),
     ({"sse": "aws:kms:dsse"}, "Input should be"),
     ({"checksum_algorithm": "MD5"}, "Input should be"),
