@@ -35,12 +35,12 @@ def _plugins():
         _fail(str(exc))
 
 
-def _load(config_file: str, plugins=None):
+def _load(config_file: str, plugins=None, require_env: bool = True):
     from .config import load_config
     from .errors import ConfigError
     plugins = plugins or _plugins()
     try:
-        return plugins, load_config(config_file, plugins.registry)
+        return plugins, load_config(config_file, plugins.registry, require_env=require_env)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -163,7 +163,7 @@ def archive(config_file: str, as_json: bool, job_ids) -> None:
 def status(config_file: str, as_json: bool, job_id: str | None) -> None:
     """Jobs archived / incomplete / lost, and bytes per sink, from the ledger."""
     from .ledger import open_ledger
-    _, loaded = _load(config_file)
+    _, loaded = _load(config_file, require_env=False)  # reads the ledger only: no secrets
     ledger = open_ledger(loaded.settings.state_dir)
     try:
         data = ledger.summary()

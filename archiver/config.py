@@ -112,6 +112,8 @@ def _interpolate(value: Any, path: str, env: dict[str, str], errors: _Errors) ->
             if m.group(0) == "$$":
                 return "$"
             if m.group(1) not in env:
+                if errors is None:
+                    return m.group(0)  # left as written; the caller needs no secret
                 errors.add(path, f"environment variable {m.group(1)} is not set")
                 return ""
             return env[m.group(1)]
@@ -184,8 +186,12 @@ def _build(reg: Registry, kind: str, spec: ComponentSpec, path: str, errors: _Er
 
 
 def load_config(file: str | os.PathLike, registry: Registry, *,
-                env: dict[str, str] | None = None, text: str | None = None) -> LoadedConfig:
-    """Read and validate ``file``; raises ConfigError listing every problem found."""
+                env: dict[str, str] | None = None, text: str | None = None,
+                require_env: bool = True) -> LoadedConfig:
+    """Read and validate ``file``; raises ConfigError listing every problem found.
+
+    ``require_env=False`` leaves an unset ``${VAR}`` as written: for commands that only
+    read the ledger (``status``) and need no secret."""
     file = str(file)
     if text is None:
         try:
@@ -194,7 +200,8 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
             raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
     data, lines = parse_yaml(text, file)
     errors = _Errors(file, lines)
-    data = _interpolate(data, "", dict(os.environ) if env is None else env, errors)
+    data = _interpolate(data, "", dict(os.environ) if env is None else env,
+                        errors if require_env else None)
     errors.raise_if_any()
     try:
         settings = Settings(**data)

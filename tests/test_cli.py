@@ -194,3 +194,15 @@ def test_plugin_commands_join_the_cli():
     out = CliRunner().invoke(group, ["hello-test"])
     assert out.exit_code == 0 and out.output == "hello from a plugin\n"
     assert "hello-test" not in real_cli.commands
+
+
+def test_status_needs_no_secret(emu, tmp_path):
+    emu.load_demo()
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    assert archiver("run", "-c", str(cfg), env_key=emu.api_key).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "PLANGREP_API_KEY"}
+    out = subprocess.run([sys.executable, "-m", "archiver.cli", "status", "-c", str(cfg)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "jobs: archived 3," in out.stdout and "sink primary: 19 objects" in out.stdout
