@@ -101,11 +101,14 @@ def _signals(pipeline):
             signal.signal(s, h)
 
 
-def _run(config_file: str, job_ids, as_json: bool) -> None:
+def _run(config_file: str, job_ids, as_json: bool, dry_run: bool = False) -> None:
     from .ledger import open_ledger
     from .pipeline import Pipeline
     from .progress import Progress
     plugins, loaded = _load(config_file)
+    if dry_run:
+        from .compliance.plan import run_plan
+        sys.exit(run_plan(loaded, plugins, job_ids, as_json))
     ledger = open_ledger(loaded.settings.state_dir)
     progress = Progress(enabled=not as_json and sys.stderr.isatty())
     pipeline = Pipeline(loaded, plugins, ledger, on_progress=progress.update)
@@ -139,21 +142,27 @@ def _print_report(report) -> None:
         click.echo("interrupted: nothing partial was left; rerun to finish", err=True)
 
 
+dry_run_option = click.option("--dry-run", is_flag=True, help="List each job and object, "
+                              "its key and retention in each sink; write nothing.")
+
+
 @cli.command()
 @config_option
 @json_option
-def run(config_file: str, as_json: bool) -> None:
+@dry_run_option
+def run(config_file: str, as_json: bool, dry_run: bool) -> None:
     """One pass over every terminal job not yet archived."""
-    _run(config_file, None, as_json)
+    _run(config_file, None, as_json, dry_run)
 
 
 @cli.command()
 @config_option
 @json_option
+@dry_run_option
 @click.argument("job_ids", nargs=-1, required=True)
-def archive(config_file: str, as_json: bool, job_ids) -> None:
+def archive(config_file: str, as_json: bool, dry_run: bool, job_ids) -> None:
     """Archive the given jobs (again, if needed: stored copies are skipped)."""
-    _run(config_file, list(job_ids), as_json)
+    _run(config_file, list(job_ids), as_json, dry_run)
 
 
 @cli.command()

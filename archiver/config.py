@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from .components import ComponentConfig
 from .errors import ConfigError, PluginError
@@ -42,6 +52,99 @@ class SinkSpec(ComponentSpec):
     transforms: list[ComponentSpec] = []
 
 
+# --------------------------------------------------------------------------- watch / serve
+# Optional sections of `archiver watch` / `archiver serve` (docs/operations.md).
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(value: Any) -> Any:
+    """A duration: a number of seconds or ``"30s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (e.g. 30, 30s, 5m, 24h, 1d)")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return value
+
+
+Seconds = typing.Annotated[float, BeforeValidator(_seconds)]
+
+
+class WatchSettings(_Strict):
+    """``watch:`` (used by ``archiver watch`` and ``archiver serve``)."""
+
+    poll_interval: Seconds = 30.0
+    expiry_warning: Seconds = Field(86400.0, ge=0)
+    grace_period: Seconds = Field(30.0, ge=0)
+    retry_max_delay: Seconds = Field(900.0, ge=1)
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _not_too_fast(cls, value: float) -> float:
+        if value < 5:
+            raise ValueError("must be at least 5 seconds: the API asks not to be polled faster")
+        return value
+
+
+class WebhookSecrets(_Strict):
+    """Where webhook signing secrets come from (``default`` is held as a secret)."""
+
+    default: SecretStr | None = None
+    per_job_file: Path | None = None   # YAML/JSON mapping job id -> secret
+    per_job_dir: Path | None = None    # one file per job, named by the job id
+
+
+class ServeSettings(_Strict):
+    """``serve:`` the HTTP endpoint of ``archiver serve`` (webhooks, /healthz, /metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    path: str = Field("/webhooks/plangrep", pattern=r"^/[!-~]*$")
+    secrets: WebhookSecrets = Field(default_factory=WebhookSecrets)
+    timestamp_tolerance: Seconds = Field(300.0, gt=0)
+    insecure_accept_unsigned: bool = False
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    dedupe_size: int = Field(10_000, ge=1, le=10_000_000)
+    max_body_bytes: ByteSize = Field(ByteSize(1 << 20), ge=1024, le=64 << 20)
+    max_connections: int = Field(64, ge=1, le=4096)
+
+
+# bag-info.txt labels archiver writes itself (archiver.compliance.bagit).
+BAG_INFO_RESERVED = frozenset({"bagging-date", "payload-oxum", "external-identifier",
+                               "bag-software-agent", "plangrep-project-id",
+                               "archiver-version", "bag-size"})
+
+
+class BagitSettings(_Strict):
+    """``bagit:``: the BagIt tag files written beside ``data/`` of every archived job."""
+
+    enabled: bool = True
+    algorithms: list[Literal["sha256", "sha512", "sha1", "md5"]] = ["sha256"]
+    info: dict[str, str | list[str]] = {}
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, algos: list[str]) -> list[str]:
+        if "sha256" not in algos:
+            raise ValueError("sha256 is required (manifest-sha256.txt is always written)")
+        if len(set(algos)) != len(algos):
+            raise ValueError("an algorithm is listed twice")
+        return algos
+
+    @field_validator("info")
+    @classmethod
+    def _info(cls, info: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for label in info:
+            if label != label.strip() or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}",
+                                                           label):
+                raise ValueError(f"bag-info label {label!r}: letters, digits, space, '.', '_', "
+                                 "'-' (no ':')")
+            if label.lower() in BAG_INFO_RESERVED:
+                raise ValueError(f"bag-info label {label!r} is written by archiver itself")
+        return info
+
+
 class Settings(_Strict):
     source: ComponentSpec
     transforms: list[ComponentSpec] = []
@@ -50,6 +153,9 @@ class Settings(_Strict):
     concurrency: int = Field(8, ge=1, le=256)
     chunk_size: ByteSize = Field(ByteSize(1 << 20), ge=4096, le=64 << 20)
     artifact_attempts: int = Field(4, ge=1, le=50)
+    bagit: BagitSettings = Field(default_factory=BagitSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @field_validator("sinks")
     @classmethod

@@ -9,6 +9,11 @@ Crash safety: every write is its own transaction; a sink copy is recorded only a
 sink committed it, and a writer's ``pending`` token is recorded before the first byte is
 written and removed after commit or abort, so a run killed at any point leaves either a
 recorded copy, or a pending token that the next run discards before redoing the work.
+
+Audit: every job state, received artifact, stored copy and event is also appended, in the
+same transaction, to the hash-chained ``audit`` table (rules in
+:mod:`archiver.compliance.audit`); ``bags`` records BagIt tag files written per job and
+sink, ``fixity`` the last fixity check of each copy (the rotation state of sampled runs).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
+from .compliance import audit as auditlog
 from .model import Job, StoredObject
 
 SCHEMA = """
@@ -49,7 +55,39 @@ CREATE TABLE IF NOT EXISTS events (
     job_id TEXT, path TEXT, sink TEXT, message TEXT
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, job_id TEXT, line TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_job ON audit(job_id, seq);
+CREATE TABLE IF NOT EXISTS bags (
+    job_id TEXT NOT NULL, sink TEXT NOT NULL, name TEXT NOT NULL, key TEXT NOT NULL,
+    size INTEGER NOT NULL, digests TEXT NOT NULL, stored_at REAL NOT NULL,
+    PRIMARY KEY (job_id, sink, name)
+);
+CREATE TABLE IF NOT EXISTS fixity (
+    job_id TEXT NOT NULL, path TEXT NOT NULL, sink TEXT NOT NULL, checked_at REAL NOT NULL,
+    ok INTEGER NOT NULL, detail TEXT, PRIMARY KEY (job_id, path, sink)
+);
 """
+
+_UPSERT_JOB = (
+    "INSERT INTO jobs (job_id, project_id, status, state, expires_at, error, raw,"
+    " first_seen, updated, archived_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(job_id) DO UPDATE SET project_id=excluded.project_id,"
+    " status=excluded.status, state=excluded.state, expires_at=excluded.expires_at,"
+    " error=excluded.error, raw=excluded.raw, updated=excluded.updated,"
+    " archived_at=COALESCE(jobs.archived_at, excluded.archived_at)")
+_PUT_ARTIFACT = (
+    "INSERT OR REPLACE INTO artifacts (job_id, path, kind, key, filename, size, received,"
+    " state, error, updated) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_PUT_COPY = (
+    "INSERT OR REPLACE INTO copies (job_id, path, sink, key, location, size, received,"
+    " stored, provider_checksum, chain, extra, existed, verified, stored_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_ADD_EVENT = ("INSERT INTO events (ts, kind, job_id, path, sink, message)"
+              " VALUES (?,?,?,?,?,?)")
+_PUT_FIXITY = ("INSERT OR REPLACE INTO fixity (job_id, path, sink, checked_at, ok, detail)"
+               " VALUES (?,?,?,?,?,?)")
 
 # Job states.
 ARCHIVED, INCOMPLETE, NOTHING, LOST, WAITING = (
@@ -83,7 +121,20 @@ class Ledger(Protocol):
     def remove_pending(self, pending_id: int) -> None: ...
     def list_pending(self) -> list[tuple[int, str, str, float]]: ...
     def event(self, kind: str, message: str = "", *, job_id: str | None = None,
-              path: str | None = None, sink: str | None = None) -> None: ...
+              path: str | None = None, sink: str | None = None,
+              data: dict[str, Any] | None = None) -> None: ...
+    # archiver.compliance: audit chain, bag tag files, fixity rotation state
+    def audit_rows(self, job_id: str | None = None,
+                   after: int = 0) -> Iterator[tuple[str, str, int]]: ...
+    def record_bag_file(self, job_id: str, sink: str, name: str, key: str, size: int,
+                        digests: dict[str, Any]) -> None: ...
+    def bag_files(self, job_id: str | None = None,
+                  sink: str | None = None) -> list[dict[str, Any]]: ...
+    def copy_rows(self, *, sink: str | None = None, job_id: str | None = None,
+                  since: float | None = None) -> list[dict[str, Any]]: ...
+    def record_fixity(self, job_id: str, path: str, sink: str, ok: bool, message: str,
+                      data: dict[str, Any]) -> None: ...
+    def job_rows(self, job_id: str | None = None) -> list[dict[str, Any]]: ...
     def summary(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -109,21 +160,54 @@ class SQLiteLedger:
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
+    def _tx(self, statements: list[tuple[str, tuple]], audit: dict | None = None,
+            audits: list[dict] | None = None) -> None:
+        """``statements`` and their audit records in one transaction. BEGIN IMMEDIATE
+        takes the write lock before the chain's head is read, so two processes sharing
+        the ledger cannot fork the chain."""
+        records = audits or ([audit] if audit else [])
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    db.execute(sql, args)
+                for rec in records:
+                    self._append_audit(**rec)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _append_audit(self, kind: str, *, job_id: str | None = None, path: str | None = None,
+                      sink: str | None = None, message: str = "",
+                      data: dict[str, Any] | None = None) -> None:
+        head = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                                ).fetchone()
+        seq, prev = (head[0] + 1, head[1]) if head else (1, auditlog.GENESIS)
+        job_prev = None
+        if job_id is not None:
+            row = self._db.execute("SELECT hash FROM audit WHERE job_id=? ORDER BY seq DESC"
+                                   " LIMIT 1", (job_id,)).fetchone()
+            job_prev = row[0] if row else auditlog.GENESIS
+        line = auditlog.make_line(seq, time.time(), kind, prev=prev, job_prev=job_prev,
+                                  job_id=job_id, path=path, sink=sink, message=message,
+                                  data=data)
+        self._db.execute("INSERT INTO audit (seq, job_id, line, hash) VALUES (?,?,?,?)",
+                         (seq, job_id, line, auditlog.line_hash(line)))
+
     # -- jobs
     def job_states(self) -> dict[str, str]:
         return dict(self._exec("SELECT job_id, state FROM jobs"))
 
     def record_job(self, job: Job, state: str, error: str | None = None) -> None:
         now = time.time()
-        self._exec(
-            "INSERT INTO jobs (job_id, project_id, status, state, expires_at, error, raw,"
-            " first_seen, updated, archived_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(job_id) DO UPDATE SET project_id=excluded.project_id,"
-            " status=excluded.status, state=excluded.state, expires_at=excluded.expires_at,"
-            " error=excluded.error, raw=excluded.raw, updated=excluded.updated,"
-            " archived_at=COALESCE(jobs.archived_at, excluded.archived_at)",
-            (job.id, job.project_id, job.status, state, job.expires_at, error,
-             json.dumps(job.raw, sort_keys=True), now, now, now if state == ARCHIVED else None))
+        row = (job.id, job.project_id, job.status, state, job.expires_at, error,
+               json.dumps(job.raw, sort_keys=True), now, now, now if state == ARCHIVED else None)
+        facts = {"project_id": job.project_id, "status": job.status, "state": state,
+                 "expires_at": job.expires_at, "error": error}
+        self._tx([(_UPSERT_JOB, row)],
+                 audit={"kind": "job", "job_id": job.id, "message": state, "data": facts})
 
     # -- artifacts and copies
     def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]:
@@ -134,23 +218,32 @@ class SQLiteLedger:
 
     def record_artifact(self, job_id, path, *, kind, key, filename, size, received, state,
                         error) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO artifacts (job_id, path, kind, key, filename, size,"
-            " received, state, error, updated) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (job_id, path, kind, key, filename, size, json.dumps(received), state, error,
-             time.time()))
+        audit = None if state != "stored" else {
+            "kind": "received", "job_id": job_id, "path": path, "data": {
+                "kind": kind, "key": key, "size": size, "digests": received,
+                "filename": filename}}
+        row = (job_id, path, kind, key, filename, size, json.dumps(received), state, error,
+               time.time())
+        self._tx([(_PUT_ARTIFACT, row)], audit=audit)
 
     def record_copy(self, job_id, path, stored: StoredObject, *, received, chain,
                     verified) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO copies (job_id, path, sink, key, location, size, received,"
-            " stored, provider_checksum, chain, extra, existed, verified, stored_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job_id, path, stored.sink, stored.key, stored.location, stored.size,
-             json.dumps(received), json.dumps(stored.digests),
-             json.dumps(stored.provider_checksum), json.dumps(chain),
-             json.dumps(stored.extra, default=str), int(stored.existed), int(verified),
-             time.time()))
+        retention = auditlog.retention_facts(stored.extra)
+        audits = [{"kind": "copy", "job_id": job_id, "path": path, "sink": stored.sink,
+                   "message": stored.location or stored.key, "data": {
+                       "key": stored.key, "location": stored.location,
+                       "size": stored.size, "stored": stored.digests,
+                       "received": received, "provider_checksum": stored.provider_checksum,
+                       "existed": stored.existed, "verified": verified}}]
+        if retention:
+            audits.append({"kind": "retention", "job_id": job_id, "path": path,
+                           "sink": stored.sink, "data": {"key": stored.key, **retention}})
+        row = (job_id, path, stored.sink, stored.key, stored.location, stored.size,
+               json.dumps(received), json.dumps(stored.digests),
+               json.dumps(stored.provider_checksum), json.dumps(chain),
+               json.dumps(stored.extra, default=str), int(stored.existed), int(verified),
+               time.time())
+        self._tx([(_PUT_COPY, row)], audits=audits)
 
     # -- writers left open by a crash
     def add_pending(self, sink, token, job_id, path) -> int:
@@ -170,9 +263,12 @@ class SQLiteLedger:
         return self._exec("SELECT id, sink, token, started FROM pending ORDER BY id")
 
     # -- events
-    def event(self, kind, message="", *, job_id=None, path=None, sink=None) -> None:
-        self._exec("INSERT INTO events (ts, kind, job_id, path, sink, message)"
-                   " VALUES (?,?,?,?,?,?)", (time.time(), kind, job_id, path, sink, message))
+    def event(self, kind, message="", *, job_id=None, path=None, sink=None,
+              data: dict[str, Any] | None = None) -> None:
+        """An event, also appended to the audit chain with ``data`` (JSON-able facts)."""
+        self._tx([(_ADD_EVENT, (time.time(), kind, job_id, path, sink, message))],
+                 audit={"kind": kind, "job_id": job_id, "path": path, "sink": sink,
+                        "message": message, "data": data})
 
     def events(self, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         sql = "SELECT ts, kind, job_id, path, sink, message FROM events"
@@ -182,6 +278,77 @@ class SQLiteLedger:
         rows = self._exec(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         keys = ("ts", "kind", "job_id", "path", "sink", "message")
         return [dict(zip(keys, r)) for r in reversed(rows)]
+
+    # -- audit chain, bags, fixity (archiver.compliance)
+    def audit_rows(self, job_id: str | None = None, after: int = 0,
+                   page: int = 5000) -> Iterator[tuple[str, str, int]]:
+        """``(line, stored hash, seq)`` in seq order, read page by page."""
+        while True:
+            sql = "SELECT line, hash, seq FROM audit WHERE seq > ?"
+            args: tuple = (after,)
+            if job_id is not None:
+                sql, args = sql + " AND job_id = ?", (after, job_id)
+            rows = self._exec(sql + " ORDER BY seq LIMIT ?", (*args, page))
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][2]
+
+    def record_bag_file(self, job_id: str, sink: str, name: str, key: str, size: int,
+                        digests: dict[str, Any]) -> None:
+        self._exec("INSERT OR REPLACE INTO bags (job_id, sink, name, key, size, digests,"
+                   " stored_at) VALUES (?,?,?,?,?,?,?)",
+                   (job_id, sink, name, key, size, json.dumps(digests), time.time()))
+
+    def bag_files(self, job_id: str | None = None,
+                  sink: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT job_id, sink, name, key, size, digests FROM bags WHERE 1=1", []
+        for col, val in (("job_id", job_id), ("sink", sink)):
+            if val is not None:
+                sql += f" AND {col}=?"
+                args.append(val)
+        cols = ("job_id", "sink", "name", "key", "size", "digests")
+        out = [dict(zip(cols, r)) for r in self._exec(sql + " ORDER BY job_id, sink, name",
+                                                       args)]
+        for d in out:
+            d["digests"] = json.loads(d["digests"])
+        return out
+
+    def copy_rows(self, *, sink: str | None = None, job_id: str | None = None,
+                  since: float | None = None) -> list[dict[str, Any]]:
+        """Stored copies with the time of their last fixity check (None if never)."""
+        sql = ("SELECT c.job_id, c.path, c.sink, c.key, c.location, c.size, c.received,"
+               " c.stored, c.verified, c.stored_at, f.checked_at, j.project_id FROM copies c"
+               " LEFT JOIN fixity f ON f.job_id=c.job_id AND f.path=c.path AND f.sink=c.sink"
+               " LEFT JOIN jobs j ON j.job_id=c.job_id WHERE 1=1")
+        args: list[Any] = []
+        for cond, val in (("c.sink=?", sink), ("c.job_id=?", job_id), ("c.stored_at>=?", since)):
+            if val is not None:
+                sql += f" AND {cond}"
+                args.append(val)
+        cols = ("job_id", "path", "sink", "key", "location", "size", "received", "stored",
+                "verified", "stored_at", "checked_at", "project_id")
+        out = [dict(zip(cols, r)) for r in self._exec(sql + " ORDER BY c.job_id, c.path", args)]
+        for d in out:
+            d["received"], d["stored"] = json.loads(d["received"]), json.loads(d["stored"])
+            d["verified"] = bool(d["verified"])
+        return out
+
+    def record_fixity(self, job_id: str, path: str, sink: str, ok: bool, message: str,
+                      data: dict[str, Any]) -> None:
+        """The outcome of one fixity check: rotation state plus an audit record."""
+        now = time.time()
+        self._tx([(_PUT_FIXITY, (job_id, path, sink, now, int(ok), message)),
+                  (_ADD_EVENT, (now, "fixity", job_id, path, sink, message))],
+                 audit={"kind": "fixity", "job_id": job_id, "path": path, "sink": sink,
+                        "message": message, "data": {"ok": ok, **data}})
+
+    def job_rows(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT job_id, project_id, status, state FROM jobs", ()
+        if job_id is not None:
+            sql, args = sql + " WHERE job_id=?", (job_id,)
+        return [dict(zip(("job_id", "project_id", "status", "state"), r))
+                for r in self._exec(sql + " ORDER BY job_id", args)]
 
     # -- reporting
     def summary(self) -> dict[str, Any]:

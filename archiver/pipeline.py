@@ -175,6 +175,10 @@ class Pipeline:
             report.waiting.append(job.id)
             return False
         if job.has_result:
+            if previous is None:  # audit trail: first time this job is seen
+                self.ledger.event("discovered", f"{job.status} job to archive", job_id=job.id,
+                                  data={"project_id": job.project_id, "status": job.status,
+                                        "expires_at": job.expires_at})
             return True
         if job.status == "expired" and previous in (INCOMPLETE, WAITING):
             self._lost(job, f"job {job.id} expired before it was archived", report)
@@ -234,6 +238,10 @@ class Pipeline:
         futures = [art_pool.submit(self._item, job, item, done, report) for item in items[2:]]
         results += [f.result() for f in futures]
         problems = [f"{r.path}: {'; '.join(r.errors.values())}" for r in results if r.errors]
+        if not problems and self.settings.bagit.enabled:
+            # BagIt tag files last, once every object is stored and verified in every sink.
+            from .compliance.bagit import write_bags
+            problems = write_bags(self, job, results)
         if problems:
             self.ledger.record_job(job, INCOMPLETE, "; ".join(problems)[:4000])
             with self._lock:

@@ -30,6 +30,8 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("local", "archiver.default_plugins.local"),
     ("checksum", "archiver.default_plugins.checksum"),
     ("decompress", "archiver.default_plugins.decompress"),
+    ("service", "archiver.default_plugins.service"),
+    ("compliance", "archiver.default_plugins.compliance"),
 )
 
 

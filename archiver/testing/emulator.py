@@ -17,8 +17,8 @@ Emulator decisions (the docs are silent; see /work/shared/plangrep-api.md, "Deci
   (missing scope: ``jobs:read`` for projects/jobs/result, ``artifacts:read`` for artifacts),
   ``not_found`` 404, ``artifact_not_in_result`` 404, ``invalid_request`` 400 (no ``path``),
   ``result_not_available`` 409, ``job_expired`` 410, ``rate_limited`` 429 (``Retry-After``),
-  ``internal`` 503, ``method_not_allowed`` 405 (anything but GET/HEAD: job creation and
-  webhooks are not emulated).
+  ``internal`` 503, ``method_not_allowed`` 405 (anything but GET/HEAD: job creation is
+  not emulated).
 * **Range requests are not supported**: a ``Range`` header is ignored and the answer is
   always ``200`` with the full body.
 * Artifact bytes carry no checksum/ETag; ``Content-Disposition`` is ``attachment;
@@ -35,6 +35,10 @@ Emulator decisions (the docs are silent; see /work/shared/plangrep-api.md, "Deci
 * Once terminal, a job is frozen: ``set_status`` refuses to leave a terminal status except
   towards ``expired``. The result is serialised once and served byte-identically.
 * ``resultUrl`` points at the storage server (valid while the job is not expired).
+* Webhooks and job progression over time: :mod:`archiver.testing.emulator_webhooks`
+  (``configure_webhooks``, ``progress``, ``webhook_secret``). They keep running while the
+  API servers are stopped (an API outage does not stop Plangrep's own workers); ``close()``
+  (or leaving the ``with`` block) stops everything.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from .emulator_http import (
     StorageHandler,
 )
 from .emulator_routes import RoutesMixin
+from .emulator_webhooks import Timeline, WebhookSender, WebhookSettings, job_secret
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -116,6 +121,8 @@ class Emulator(RoutesMixin):
         self._servers: list[EmulatorServer] = []
         self._threads: list[threading.Thread] = []
         self._ports: tuple[int, int] | None = None
+        self.webhooks = WebhookSender(self)
+        self.timeline = Timeline(self)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int | None = None) -> Emulator:
@@ -163,7 +170,27 @@ class Emulator(RoutesMixin):
         return self.start()
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the servers, the timeline and the webhook sender."""
         self.stop()
+        self.timeline.close()
+        self.webhooks.close()
+
+    # ------------------------------------------------------------------ webhooks, time
+    def configure_webhooks(self, url: str | None, **knobs) -> WebhookSettings:
+        """POST signed ``job.status_changed`` deliveries to ``url`` on every status change
+        (knobs: :class:`~archiver.testing.emulator_webhooks.WebhookSettings`)."""
+        return self.webhooks.configure(url, **knobs)
+
+    def webhook_secret(self, job_id: str) -> str:
+        """The job's ``wss_…`` webhook signing secret (shown once at creation upstream)."""
+        return job_secret(self.seed, job_id)
+
+    def progress(self, job_id: str, steps: list[tuple[float, str]]) -> None:
+        """Move the job to each ``(seconds from now, status)`` in turn (``"expired"`` too)."""
+        self.timeline.progress(job_id, steps)
 
     @property
     def running(self) -> bool:
@@ -304,6 +331,7 @@ class Emulator(RoutesMixin):
                     job.partial = status == "completed_with_errors"
                     job.had_result = True
                     self._build_result(job)
+                self.webhooks.notify(self._job_dict(job))
             return self._job_dict(job)
 
     def expire(self, job_id: str) -> dict:
@@ -312,6 +340,7 @@ class Emulator(RoutesMixin):
             job = self._job(job_id)
             if job.status != "expired":
                 job.status, job.updated_at = "expired", max(self._now(), job.created_at)
+                self.webhooks.notify(self._job_dict(job))
             return self._job_dict(job)
 
     def _job(self, job_id: str) -> JobState:

@@ -287,6 +287,32 @@ class GCSSink(Sink):
         finally:
             reader.close()
 
+    # ------------------------------------------------------------------ compliance
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Keys below ``prefix`` (sink-relative), for fixity audits finding files nobody
+        recorded (``archiver verify``). Needs ``storage.objects.list``."""
+        base = self._prefix()
+        try:
+            for blob in self.client().list_blobs(self.config.bucket, prefix=base + prefix):
+                yield blob.name[len(base):]
+        except google_errors() as exc:
+            raise SinkError(f"sink {self.label}: listing gs://{self.config.bucket}/"
+                            f"{base + prefix}: {api_error(exc)}") from None
+
+    def retention(self, key: str) -> dict[str, Any] | None:
+        """Retention and holds an object written at ``key`` now would receive (no I/O)."""
+        cfg = self.config
+        if not cfg.compliance:
+            return None
+        out: dict[str, Any] = {}
+        if cfg.retention:
+            out.update(mode=cfg.retention.mode, retain_until=cfg.retention.until().isoformat())
+        if cfg.temporary_hold:
+            out["temporary_hold"] = True
+        if cfg.event_based_hold:
+            out["event_based_hold"] = True
+        return out
+
     # ------------------------------------------------------------------ crash recovery
     def was_discarded(self, ident: str) -> bool:
         return ident in self._discarded

@@ -1,0 +1,181 @@
+"""Built-in plugin: the compliance commands, added through ``archiver_register_commands``.
+
+* ``archiver verify``: fixity audit of stored objects against the ledger and the bags;
+* ``archiver audit verify``: the hash chain of the ledger's audit log and of every
+  exported ``audit.jsonl``;
+* ``archiver replicate``: copy archived jobs (payload and bag) from one sink to another,
+  without the Plangrep API.
+
+Exit codes: 0 all good; 1 a problem was found (tampering, conflict); 2 bad configuration
+or usage; 3 a sink could not be read or written. BagIt writing itself is done by the
+pipeline (``archiver.compliance.bagit``), and ``run --dry-run`` by the core CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+import click
+
+from ..hookspecs import hookimpl
+
+config_option = click.option("-c", "--config", "config_file", required=True,
+                             type=click.Path(dir_okay=False), help="The YAML file.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@contextmanager
+def _opened(config_file: str):
+    """(loaded config, ledger, sinks by name); everything closed afterwards."""
+    from ..cli import _load
+    from ..ledger import open_ledger
+    # These commands never call the Plangrep API: an unset ${PLANGREP_API_KEY} is fine.
+    _, loaded = _load(config_file, require_env=False)
+    sinks = {b.label: b.cls(b.config, label=b.label) for b in loaded.sinks}
+    ledger = open_ledger(loaded.settings.state_dir)
+    try:
+        yield loaded, ledger, sinks
+    finally:
+        for sink in sinks.values():
+            sink.close()
+        ledger.close()
+
+
+def _usage(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _known(sinks: dict, names, option: str) -> None:
+    for name in names:
+        if name not in sinks:
+            _usage(f"{option} {name}: no sink of that name in the configuration "
+                   f"(configured: {', '.join(sinks)})")
+
+
+def _since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _usage(f"--since {text!r}: not a date (YYYY-MM-DD or an ISO 8601 date and time)")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+    try:
+        value = TypeAdapter(ByteSize).validate_python(text)
+    except ValidationError:
+        _usage(f"--bytes {text!r}: not a size (e.g. 500MiB, 10GiB, 1000000)")
+    if value <= 0:
+        _usage("--bytes must be positive")
+    return int(value)
+
+
+@click.command()
+@config_option
+@click.option("--sink", "sink_names", multiple=True, help="Only this sink (repeatable).")
+@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
+              help="Check this share of the objects, least recently checked first.")
+@click.option("--bytes", "budget", metavar="BUDGET",
+              help="Check objects up to this many bytes, least recently checked first.")
+@click.option("--since", metavar="DATE", help="Only objects stored on or after DATE.")
+@json_option
+def verify(config_file, sink_names, sample, budget, since, as_json) -> None:
+    """Re-read stored objects and compare them with the ledger and the bag manifests."""
+    from ..compliance.fixity import Auditor
+    if sample is not None and budget is not None:
+        _usage("give --sample or --bytes, not both")
+    limit, start = _budget(budget), _since(since)
+    with _opened(config_file) as (_loaded, ledger, sinks):
+        _known(sinks, sink_names, "--sink")
+        report = Auditor(ledger, sinks).run(list(sink_names) or None, sample=sample,
+                                            budget=limit, since=start)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for finding in report.findings:
+            click.echo(str(finding), err=True)
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+        verdict = "OK" if not report.findings else f"FAILED: {len(report.findings)} problem(s)"
+        click.echo(f"checked {report.checked} of {report.objects} object(s), {report.bytes} "
+                   f"bytes: {verdict}")
+    sys.exit(report.exit_code)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit_group.command("verify")
+@config_option
+@click.option("--job", "job_id", help="Only this job's exported audit logs.")
+@click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Also check this exported audit.jsonl (repeatable).")
+@click.option("--no-exports", is_flag=True, help="Do not read audit.jsonl back from sinks.")
+@json_option
+def audit_verify(config_file, job_id, files, no_exports, as_json) -> None:
+    """Check the hash chain of the ledger and of the exported audit.jsonl files; name the
+    first broken record."""
+    from ..compliance.audit import check_audit
+    with _opened(config_file) as (_loaded, ledger, sinks):
+        report = check_audit(ledger, sinks, job_id=job_id, files=files,
+                             exports=not no_exports)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for item in report.checked:
+            if item["broken"]:
+                click.echo(f"BROKEN {item['broken']}", err=True)
+            else:
+                click.echo(f"ok {item['where']}: {item['records']} record(s)")
+        for problem in report.problems:
+            click.echo(f"error: {problem}", err=True)
+    sys.exit(report.exit_code)
+
+
+@click.command()
+@config_option
+@click.option("--from", "src", required=True, help="Sink to copy from.")
+@click.option("--to", "dst", required=True, help="Sink to copy to.")
+@click.option("--job", "job_ids", multiple=True, help="Only this job (repeatable).")
+@json_option
+def replicate(config_file, src, dst, job_ids, as_json) -> None:
+    """Copy archived jobs (payload and bag) from one sink to another, without the API."""
+    from ..compliance.replicate import Replicator
+    if src == dst:
+        _usage("--from and --to name the same sink")
+    with _opened(config_file) as (loaded, ledger, sinks):
+        _known(sinks, [src], "--from")
+        _known(sinks, [dst], "--to")
+        report = Replicator(ledger, sinks, loaded.settings.bagit).run(src, dst,
+                                                                       list(job_ids) or None)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"replicated {len(report.jobs)} job(s) from {src} to {dst}: "
+                   f"{report.copied} object(s) copied ({report.bytes} bytes), "
+                   f"{report.skipped} already there")
+        for job_id, problems in sorted(report.problems.items()):
+            for problem in problems:
+                click.echo(f"FAILED {job_id}: {problem}", err=True)
+        if report.fatal:
+            click.echo(f"error: {report.fatal}", err=True)
+    sys.exit(report.exit_code)
+
+
+@hookimpl
+def archiver_register_commands(cli) -> None:
+    for command in (verify, audit_group, replicate):
+        cli.add_command(command)

@@ -1,0 +1,95 @@
+"""``archiver watch`` and ``archiver serve``: continuous archiving (docs/operations.md).
+
+Registered through ``archiver_register_commands`` like any plugin command; everything
+heavy is imported when a command runs.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT (in-flight work drained or aborted, nothing
+partial left); 2 bad configuration; 3 fatal: the API key was refused, a sink failed its
+preflight, or the HTTP address could not be bound.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..hookspecs import hookimpl
+
+
+def _start(config_file: str, serve: bool, poll_interval: float | None) -> int:
+    from ..config import load_config
+    from ..errors import ConfigError, PluginError
+    from ..ledger import open_ledger
+    from ..plugins import build_plugin_manager
+    from ..service import Service
+
+    try:
+        plugins = build_plugin_manager()
+        loaded = load_config(config_file, plugins.registry)
+    except (ConfigError, PluginError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    if serve:
+        from ..service.webhooks import SecretStore
+
+        s = loaded.settings.serve
+        store = SecretStore.from_settings(s)
+        if not store.configured and not s.insecure_accept_unsigned:
+            click.echo(f"error: {config_file}: serve.secrets: no webhook secret configured; "
+                       "set serve.secrets.default, per_job_file or per_job_dir (or, only "
+                       "behind an authenticating proxy, serve.insecure_accept_unsigned: true)",
+                       err=True)
+            return 2
+        try:
+            store.check()
+        except ValueError as exc:
+            click.echo(f"error: {config_file}: {exc}", err=True)
+            return 2
+        d = s.secrets.per_job_dir
+        if d is not None and not d.is_dir():
+            click.echo(f"warning: serve.secrets.per_job_dir {d} is not a directory (yet): "
+                       "deliveries relying on per-job secrets are refused until it exists",
+                       err=True)
+        if s.insecure_accept_unsigned:
+            click.echo("warning: serve.insecure_accept_unsigned is true: webhook deliveries "
+                       "are NOT verified", err=True)
+    ledger = open_ledger(loaded.settings.state_dir)
+    service = Service(loaded, plugins, ledger, serve=serve, poll_interval=poll_interval)
+
+    def started(svc: Service) -> None:
+        what = f"serving webhooks on {svc.url}{svc.serve_settings.path}" if serve else "watching"
+        click.echo(f"archiver: {what}; polling every {svc.watcher.interval:g}s", err=True)
+
+    try:
+        return service.run(on_started=started)
+    except OSError as exc:
+        s = loaded.settings.serve
+        click.echo(f"error: serve.host/serve.port {s.host}:{s.port}: cannot listen: "
+                   f"{exc.strerror or exc}", err=True)
+        return 3
+    finally:
+        ledger.close()
+
+
+_config = click.option("-c", "--config", "config_file", required=True,
+                       type=click.Path(dir_okay=False), help="The YAML file.")
+# Tests only: the configuration refuses poll intervals below 5 s, as the API asks.
+_test_poll = click.option("--test-poll-interval", type=float, default=None, hidden=True)
+
+
+@hookimpl
+def archiver_register_commands(cli) -> None:
+    @cli.command()
+    @_config
+    @_test_poll
+    def watch(config_file: str, test_poll_interval: float | None) -> None:
+        """Archive continuously: poll every watch.poll_interval, soonest expiry first."""
+        sys.exit(_start(config_file, False, test_poll_interval))
+
+    @cli.command()
+    @_config
+    @_test_poll
+    def serve(config_file: str, test_poll_interval: float | None) -> None:
+        """watch + a webhook endpoint, /healthz and /metrics (see docs/operations.md)."""
+        sys.exit(_start(config_file, True, test_poll_interval))

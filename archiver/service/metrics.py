@@ -1,0 +1,208 @@
+"""Prometheus metrics of ``archiver serve`` (``/metrics``); reference in docs/operations.md.
+
+Two kinds:
+
+* **Ledger gauges**, computed from the ledger at every scrape, so they survive restarts and
+  always match ``archiver status``: jobs per state, objects and bytes per sink, pending
+  writers, artifact download retries, the oldest unarchived finished job (its age and the
+  time left before it expires) and how many open jobs are inside ``expiry_warning``.
+* **Process counters**, driven by the ``archiver_artifact_done`` / ``archiver_job_done``
+  hooks (a plugin object registered on the pipeline's plugin manager), the watch loop and
+  the webhook receiver: what this process did since it started.
+
+``prometheus_client`` is imported lazily; every instance has its own registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..hookspecs import hookimpl
+from ..ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
+from .watch import open_jobs
+
+if TYPE_CHECKING:
+    from .webhooks import JobQueue, Verdict
+
+STATES = (ARCHIVED, INCOMPLETE, NOTHING, LOST, WAITING)
+REJECT_REASONS = ("missing_headers", "bad_timestamp", "stale_timestamp", "future_timestamp",
+                  "bad_signature", "no_secret", "malformed_json", "bad_payload", "too_large",
+                  "no_length", "duplicate", "queue_full", "shutting_down")
+
+
+def _prometheus():
+    try:
+        import prometheus_client
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError("archiver serve needs prometheus_client for /metrics: "
+                          "pip install prometheus-client") from None
+    return prometheus_client
+
+
+class _LedgerCollector:
+    """Gauges read from the ledger at scrape time."""
+
+    def __init__(self, ledger, expiry_warning: float, clock: Callable[[], float]):
+        self.ledger, self.expiry_warning, self.clock = ledger, expiry_warning, clock
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        summary = self.ledger.summary()
+        jobs = GaugeMetricFamily("archiver_jobs", "Jobs in the ledger by state.",
+                                 labels=["state"])
+        for state in sorted(set(STATES) | set(summary["jobs"])):
+            jobs.add_metric([state], summary["jobs"].get(state, 0))
+        yield jobs
+        objects = GaugeMetricFamily("archiver_stored_objects",
+                                    "Objects stored per sink (ledger).", labels=["sink"])
+        size = GaugeMetricFamily("archiver_stored_bytes", "Bytes stored per sink (ledger).",
+                                 labels=["sink"])
+        for sink, s in sorted(summary["sinks"].items()):
+            objects.add_metric([sink], s["objects"])
+            size.add_metric([sink], s["bytes"])
+        yield objects
+        yield size
+        yield GaugeMetricFamily("archiver_pending_writers",
+                                "Writers in flight or left by a crash.",
+                                value=summary["pending_writers"])
+        with self.ledger._lock:
+            retries = self.ledger._db.execute(
+                "SELECT COUNT(*) FROM events WHERE kind='retry'").fetchone()[0]
+        yield CounterMetricFamily("archiver_artifact_retries",
+                                  "Whole-artifact restarts after a failed download (ledger).",
+                                  value=retries)
+        now = self.clock()
+        opened = open_jobs(self.ledger)
+        unarchived = [o for o in opened if o.state == INCOMPLETE]
+        age = GaugeMetricFamily("archiver_oldest_unarchived_job_age_seconds",
+                                "Age (since it finished) of the oldest finished job not yet "
+                                "archived; 0 when there is none.")
+        left = GaugeMetricFamily("archiver_oldest_unarchived_job_expires_in_seconds",
+                                 "Seconds before the oldest finished, unarchived job expires "
+                                 "(absent when there is none).")
+        if unarchived:
+            oldest = min(unarchived, key=lambda o: (o.completed_at or o.first_seen, o.job_id))
+            age.add_metric([], max(0.0, now - (oldest.completed_at or oldest.first_seen)))
+            if oldest.expires_at is not None:
+                left.add_metric([], oldest.expires_at - now)
+        else:
+            age.add_metric([], 0.0)
+        yield age
+        yield left
+        soon = sum(1 for o in opened if o.expires_at is not None
+                   and 0 < o.expires_at - now <= self.expiry_warning)
+        yield GaugeMetricFamily("archiver_jobs_expiring_soon",
+                                "Open jobs (waiting or incomplete) expiring within "
+                                "watch.expiry_warning.", value=soon)
+
+
+class ServiceMetrics:
+    """Every metric of one service; ``render()`` gives the exposition text.
+
+    Register ``self`` on the pipeline's plugin manager to count stored objects and
+    finished jobs (``archiver_artifact_done`` / ``archiver_job_done``).
+    """
+
+    def __init__(self, ledger, *, expiry_warning: float = 86400.0,
+                 queue: JobQueue | None = None, clock: Callable[[], float] = time.time):
+        prom = _prometheus()
+        self._prom = prom
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.objects = prom.Counter("archiver_objects_written",
+                                    "Objects this process stored, per sink.", ["sink"],
+                                    registry=r)
+        self.bytes = prom.Counter("archiver_bytes_written",
+                                  "Bytes this process stored, per sink.", ["sink"], registry=r)
+        self.failures = prom.Counter("archiver_object_failures",
+                                     "Objects that failed, per sink ('*': the download).",
+                                     ["sink"], registry=r)
+        self.jobs = prom.Counter("archiver_jobs_processed",
+                                 "Jobs this process finished processing, by final state.",
+                                 ["state"], registry=r)
+        self.retries = prom.Counter("archiver_job_retries",
+                                    "Re-attempts of incomplete jobs by the watch loop.",
+                                    registry=r)
+        self.polls = prom.Counter("archiver_polls", "Polls of the API, by result.",
+                                  ["result"], registry=r)
+        self.last_poll = prom.Gauge("archiver_last_successful_poll_timestamp_seconds",
+                                    "When the last poll succeeded (Unix time).", registry=r)
+        self.warnings = prom.Counter("archiver_expiry_warnings",
+                                     "Expiry warnings raised (job close to expiry, not "
+                                     "archived).", registry=r)
+        self.accepted = prom.Counter("archiver_webhook_deliveries_accepted",
+                                     "Verified webhook deliveries queued for a re-read.",
+                                     registry=r)
+        self.rejected = prom.Counter("archiver_webhook_deliveries_rejected",
+                                     "Webhook deliveries refused or ignored, by reason.",
+                                     ["reason"], registry=r)
+        self.ignored = prom.Counter("archiver_webhook_jobs_ignored",
+                                    "Verified deliveries whose job was not archived, by reason "
+                                    "(unknown_job: the API answered 404).", ["reason"],
+                                    registry=r)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for state in STATES:
+            self.jobs.labels(state)
+        for reason in ("unknown_job", "other_project", "expired", "api_error"):
+            self.ignored.labels(reason)
+        self.polls.labels("ok")
+        self.polls.labels("failed")
+        if queue is not None:
+            length = prom.Gauge("archiver_webhook_queue_length",
+                                "Job ids waiting for a re-read.", registry=r)
+            length.set_function(lambda: len(queue))
+            cap = prom.Gauge("archiver_webhook_queue_capacity", "serve.queue_size.",
+                             registry=r)
+            cap.set(queue.maxsize)
+        r.register(_LedgerCollector(ledger, expiry_warning, clock))
+
+    # ------------------------------------------------------------------ hooks
+    @hookimpl
+    def archiver_artifact_done(self, job, artifact, result) -> None:
+        if result.skipped:
+            return
+        for sink, copy in result.copies.items():
+            if not copy.existed:
+                self.objects.labels(sink).inc()
+                self.bytes.labels(sink).inc(copy.size)
+        for where in result.errors:
+            self.failures.labels(where).inc()
+
+    @hookimpl
+    def archiver_job_done(self, job, state, results) -> None:
+        self.jobs.labels(state).inc()
+
+    # ------------------------------------------------------------------ the loop, receiver
+    def poll(self, ok: bool) -> None:
+        self.polls.labels("ok" if ok else "failed").inc()
+        if ok:
+            self.last_poll.set_to_current_time()
+
+    def job_retry(self) -> None:
+        self.retries.inc()
+
+    def expiry_warning(self) -> None:
+        self.warnings.inc()
+
+    def hint_ignored(self, reason: str) -> None:
+        self.ignored.labels(reason).inc()
+
+    def verdict(self, verdict: Verdict) -> None:
+        if verdict.outcome == "accepted":
+            self.accepted.inc()
+        else:
+            self.rejected.labels(verdict.reason or "other").inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    # ------------------------------------------------------------------ exposition
+    def render(self) -> tuple[bytes, str]:
+        return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

@@ -1,0 +1,101 @@
+"""What every scenario gets from the runner, and how archiver itself is run.
+
+archiver always runs as its own process, exactly as a user runs it
+(``python -m archiver.cli run -c FILE --json``), so that its peak RSS and CPU are its own
+and include its start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .measure import BenchError, Measurement, run_process
+
+
+@dataclass
+class Context:
+    """Sizes and repetitions for this invocation, a scratch directory, a logger."""
+
+    workdir: Path
+    reps: int = 3
+    quick: bool = False
+    large: bool = False
+    smoke: bool = False
+    log: Callable[[str], None] = print
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def size(self, default: int, quick: int, smoke: int) -> int:
+        """Pick a size for the mode: ``--smoke`` < ``--quick`` < default."""
+        return smoke if self.smoke else quick if self.quick else default
+
+    def scratch(self, name: str) -> Path:
+        path = self.workdir / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+
+def archiver_config(emu, root: Path, state: Path, *, concurrency: int = 8,
+                    transforms: str = "  - type: checksum\n    algorithms: [sha256]\n",
+                    sinks: str | None = None, extra: str = "",
+                    projects: list[str] | None = None) -> str:
+    """YAML for one archiver run against ``emu``; the key comes from $PLANGREP_API_KEY."""
+    if sinks is None:
+        sinks = f"  - name: local\n    type: local\n    root: {root}\n"
+    head = textwrap.dedent(f"""\
+        source:
+          type: plangrep
+          base_url: {emu.base_url}
+          api_key: ${{PLANGREP_API_KEY}}
+        """) + (f"  projects: [{', '.join(projects)}]\n" if projects else "")
+    return (head + ("transforms:\n" + transforms if transforms else "") + "sinks:\n" + sinks
+            + f"state_dir: {state}\nconcurrency: {concurrency}\n" + extra)
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def run_archiver(ctx: Context, config: Path, *, what: str, timeout: float,
+                 env: dict[str, str] | None = None, expect_archived: int | None = None,
+                 args: tuple[str, ...] = ("run",)) -> Measurement:
+    """One ``archiver run`` as a subprocess; fails unless it exits 0 (and archived
+    ``expect_archived`` jobs). The JSON summary lands in ``extra["report"]``."""
+    proc = run_process([ctx.python, "-m", "archiver.cli", *args, "-c", str(config), "--json"],
+                       what=what, timeout=timeout, env=env or ctx.env)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        raise BenchError(f"{what}: no JSON summary on stdout: {proc.stdout[-500:]!r}") from None
+    if expect_archived is not None and len(report["archived"]) != expect_archived:
+        raise BenchError(f"{what}: archived {len(report['archived'])} jobs, expected "
+                         f"{expect_archived}: {json.dumps(report)[:800]}")
+    proc.measurement.extra["report"] = report
+    return proc.measurement
+
+
+def client(ctx: Context, module: str, *args: str, what: str, timeout: float,
+           env: dict[str, str] | None = None) -> tuple[Measurement, str]:
+    """Run one of the baseline clients in ``benchmarks/clients`` as its own process."""
+    proc = run_process([ctx.python, "-m", f"benchmarks.clients.{module}", *args], what=what,
+                       timeout=timeout, env=env or ctx.env)
+    return proc.measurement, proc.stdout
+
+
+def remove(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()

@@ -1,0 +1,176 @@
+"""Running and measuring one subprocess: wall time, peak RSS and CPU from the OS.
+
+Every measured run is a child process reaped with ``os.wait4``, whose ``rusage`` is the
+kernel's account of that child *and every descendant it waited for*: ``ru_maxrss`` is the
+peak resident set of the largest single process of the run (for a shell pipeline, the
+largest of curl, tee, sha256sum...), ``ru_utime + ru_stime`` their CPU time. Nothing is
+estimated. Per-child rusage (rather than ``getrusage(RUSAGE_CHILDREN)``, which keeps the
+maximum over *all* children ever reaped) keeps runs independent of each other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class BenchError(RuntimeError):
+    """A measured command failed or produced wrong output: the scenario is reported failed."""
+
+
+@dataclass
+class Measurement:
+    """One run of one variant."""
+
+    seconds: float
+    rss_kib: int | None = None       # peak RSS of the largest process (KiB, from wait4)
+    cpu_seconds: float | None = None  # user + system time of the whole process tree
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Proc:
+    measurement: Measurement
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _die_with_parent() -> None:  # in the child, between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the group of the child we started, by its id
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None, cwd=None,
+                check: bool = True) -> Proc:
+    """Run ``cmd`` (a shell string runs under ``bash -o pipefail -c``) in a session of its
+    own, killed with its whole group after ``timeout`` seconds. Wall time is measured from
+    just before the fork to the moment ``wait4`` returns."""
+    argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    linux = platform.system() == "Linux"
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                             cwd=cwd, start_new_session=True,
+                             preexec_fn=_die_with_parent if linux else None)
+        timer = threading.Timer(timeout, _kill_group, (p.pid,))
+        timer.daemon = True
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+            seconds = time.perf_counter() - t0
+        except BaseException:
+            _kill_group(p.pid)
+            p.wait()
+            raise
+        finally:
+            timer.cancel()
+        p.returncode = rc = os.waitstatus_to_exitcode(status)
+        _kill_group(p.pid)  # a daemon the command left behind must not outlive it
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    timed_out = rc == -signal.SIGKILL and seconds >= timeout
+    m = Measurement(seconds, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+    proc = Proc(m, rc, stdout, stderr)
+    if check and rc != 0:
+        why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {rc}"
+        tail = (stderr.strip() or stdout.strip())[-1500:]
+        raise BenchError(f"{what}: {why}\n{tail}")
+    return proc
+
+
+def settle() -> None:
+    """Between two measured runs: flush dirty pages so one run's writeback does not
+    slow the next one down."""
+    os.sync()
+
+
+def loadavg() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def _first_line(argv: list[str]) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (r.stdout or r.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+        return f"{kib / (1 << 20):.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
+def _git(root: str) -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head}{' (with uncommitted changes)' if dirty.strip() else ''}" if head else "?"
+
+
+def machine_info(root: str) -> dict[str, str]:
+    """What the absolute numbers depend on."""
+    import sys
+
+    tools = {"curl": ["curl", "--version"], "sha256sum": ["sha256sum", "--version"],
+             "gzip": ["gzip", "--version"], "zstd": ["zstd", "--version"],
+             "rclone": ["rclone", "version"]}
+    info = {
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
+        "memory": _mem_total(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "archiver commit": _git(root),
+    }
+    for name, argv in tools.items():
+        info[name] = _first_line(argv) or "not installed"
+    return info

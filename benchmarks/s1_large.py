@@ -1,0 +1,135 @@
+"""Scenario 1: one large artifact to local disk with SHA-256.
+
+archiver (local sink, sha256) against the pipeline a user would write,
+``curl -H "Authorization: Bearer …" URL | tee FILE | sha256sum``, and against
+``curl -o /dev/null`` (what the emulator can serve: the ceiling of any client).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .context import Context, archiver_config, remove, run_archiver, write_config
+from .harness import ScenarioResult, Target, Variant, alternate
+from .measure import GiB, MiB, BenchError, run_process
+from .servers import emulator
+
+KEY = "large"
+TITLE = "1. One large artifact to local disk, with SHA-256"
+PATH = "large/artifact.bin"
+
+
+def _human(n: int) -> str:
+    return f"{n // GiB} GiB" if n % GiB == 0 else f"{n // MiB} MiB"
+
+
+def curl_ceiling(ctx: Context, url: str, size: int, label: str, timeout: float) -> Variant:
+    """``curl -o /dev/null``: how fast the emulator serves this artifact to a C client."""
+    def run(rep: int):
+        cmd = (f'curl -sS --fail -o /dev/null -H "Authorization: Bearer $PLANGREP_API_KEY" '
+               f'"{url}"')
+        return run_process(cmd, what=label, timeout=timeout, env=ctx.env).measurement
+    return Variant(label, run, role="reference", work=size, unit="MiB/s",
+                   note="the emulator's ceiling: no client can be faster")
+
+
+def expected_sha256(emu, job_id: str, path: str) -> str:
+    h = hashlib.sha256()
+    for chunk in emu.iter_artifact_bytes(job_id, path, 4 * MiB):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _variants(ctx: Context, emu, job_id: str, size: int, tag: str, fsync_row: bool):
+    url = emu.artifact_url(job_id, PATH)
+    want = expected_sha256(emu, job_id, PATH)
+    work = ctx.scratch(f"s1-{tag}")
+    timeout = 120 + size / (20 * MiB)
+    out = work / "curl.bin"
+    base_label = f"{tag}: curl | tee | sha256sum"
+
+    def baseline(rep: int):
+        cmd = (f'curl -sS --fail -H "Authorization: Bearer $PLANGREP_API_KEY" "{url}" '
+               f'| tee "{out}" | sha256sum')
+        proc = run_process(cmd, what=base_label, timeout=timeout, env=ctx.env)
+        got = proc.stdout.split()[0] if proc.stdout.strip() else ""
+        if got != want or out.stat().st_size != size:
+            raise BenchError(f"{base_label}: wrong output (sha256 {got}, "
+                             f"{out.stat().st_size} bytes)")
+        return proc.measurement
+
+    def archiver(fsync: bool):
+        root, state = work / f"archive-{fsync}", work / f"state-{fsync}"
+        sink = (f"  - name: local\n    type: local\n    root: {root}\n"
+                + ("" if fsync else "    fsync: false\n"))
+        cfg = write_config(work / f"archiver-{fsync}.yaml",
+                           archiver_config(emu, root, state, sinks=sink))
+        label = f"{tag}: archiver" + ("" if fsync else " (local sink fsync: false)")
+
+        def run(rep: int):
+            m = run_archiver(ctx, cfg, what=label, timeout=timeout, expect_archived=1)
+            stored = root / "proj_large" / job_id / "data" / "artifacts" / PATH
+            if stored.stat().st_size != size:
+                raise BenchError(f"{label}: stored {stored.stat().st_size} bytes, not {size}")
+            return m
+        return Variant(label, run, work=size, unit="MiB/s", vs=(base_label,),
+                       reset=lambda: remove(root, state),
+                       note="" if fsync else "durability off: shows what fsync costs")
+
+    variants = [Variant(base_label, baseline, role="baseline", work=size, unit="MiB/s",
+                        reset=lambda: remove(out)),
+                archiver(True)]
+    if fsync_row:
+        variants.append(archiver(False))
+    variants.append(curl_ceiling(ctx, url, size, f"{tag}: curl -o /dev/null (emulator ceiling)",
+                                 timeout))
+    return variants
+
+
+def run(ctx: Context) -> ScenarioResult:
+    res = ScenarioResult(KEY, TITLE, (
+        "A single artifact streamed from the emulator to the local sink with a SHA-256, "
+        "against `curl -H \"Authorization: Bearer …\" URL | tee FILE | sha256sum`. archiver "
+        "also fsyncs the file and its directory, writes job.json/result.json and its "
+        "SQLite ledger; the pipeline does none of that. Peak RSS is the largest single "
+        "process (for the pipeline: curl, tee or sha256sum)."))
+    sizes = [ctx.size(GiB, 256 * MiB, 4 * MiB)]
+    if ctx.large and not ctx.smoke:
+        sizes.append(10 * GiB)
+    with emulator() as emu:
+        rows = []
+        for i, size in enumerate(sizes):
+            job = emu.add_job("proj_large", artifacts=[
+                emu_spec(PATH, size)], shape="flat")
+            tag = _human(size)
+            variants = _variants(ctx, emu, job["id"], size, tag, fsync_row=i == 0)
+            reps = 1 if size > GiB and not ctx.quick else ctx.reps
+            ctx.log(f" {tag}: {len(variants)} variants x {reps} runs")
+            rows += alternate(variants, reps, ctx.log)
+        res.rows = rows
+    for size in sizes:
+        tag = _human(size)
+        arch = res.row(f"{tag}: archiver")
+        ratio = res.ratio(arch)
+        res.targets.append(Target(f"{tag}: ≥ 0.85× the pipeline's throughput",
+                                  ratio is not None and ratio >= 0.85, f"{ratio:.2f}×"))
+        rss = arch.peak_rss_kib / 1024
+        res.targets.append(Target(f"{tag}: archiver peak RSS ≤ 100 MiB", rss <= 100,
+                                  f"{rss:.0f} MiB"))
+        ceiling = res.row(f"{tag}: curl -o /dev/null (emulator ceiling)")
+        fastest = max(r.rate(r.median) for r in res.rows
+                      if r.label.startswith(tag) and r.role != "reference")
+        top = ceiling.rate(ceiling.median)
+        res.targets.append(Target(f"{tag}: the emulator is not the bottleneck",
+                                  top > fastest, f"serves {top:.0f} MiB/s to curl; fastest "
+                                  f"client {fastest:.0f} MiB/s"))
+    res.notes.append("`sha256sum` here is GNU coreutils' own implementation (no SHA "
+                     "extensions); Python's hashlib uses OpenSSL, which does use them. That, "
+                     "not the network, is what bounds the pipeline.")
+    return res
+
+
+def emu_spec(path: str, size: int):
+    from archiver.testing.emulator import ArtifactSpec
+
+    return ArtifactSpec(path, size=size, where="result")

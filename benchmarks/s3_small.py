@@ -1,0 +1,181 @@
+"""Scenario 3: many small artifacts (200 jobs × 20 artifacts × 8 KiB) to local disk.
+
+With 20 ms of emulator latency on every request (a WAN round trip): archiver at
+concurrency 16 against the naive sequential requests script and against rclone
+``copyurl`` fed the same URLs. Without latency: archiver's artifacts/s against the
+ceiling of bare keep-alive clients (curl ``--parallel``, a threaded requests loop).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .context import Context, archiver_config, client, remove, run_archiver, write_config
+from .harness import ScenarioResult, Target, Variant, alternate
+from .measure import BenchError, run_process
+from .servers import emulator
+
+KEY = "small"
+TITLE = "3. Many small artifacts"
+LATENCY = 0.020
+CONCURRENCY = 16
+SIZE = 8 << 10
+
+
+def _count_files(root: Path, artifacts_only: bool = False) -> int:
+    """Files below ``root`` (only those under ``*/data/artifacts/`` when asked)."""
+    pattern = "*/*/data/artifacts/**/*" if artifacts_only else "*"
+    return sum(1 for p in root.rglob(pattern) if p.is_file())
+
+
+def run(ctx: Context) -> ScenarioResult:
+    jobs = ctx.size(200, 50, 3)
+    per_job = ctx.size(20, 20, 4)
+    n = jobs * per_job
+    res = ScenarioResult(KEY, TITLE, (
+        f"{jobs} jobs × {per_job} artifacts × 8 KiB to local disk ({n} artifacts). With "
+        f"{LATENCY * 1000:.0f} ms of latency added by the emulator to every request: archiver "
+        f"at concurrency {CONCURRENCY} (it also lists the jobs, reads every result, and stores "
+        "job.json/result.json, fsyncing every file) against a naive sequential script "
+        "(`benchmarks/clients/naive.py`: `requests.get` per request, as the polling example "
+        "suggests; it lists and reads results too) and against rclone `copyurl`, which is "
+        "simply fed the artifact URLs (no listing, no results). rclone 1.60 sends the "
+        "Authorization header with `--header`, so it fetches the same authenticated URLs. "
+        "Without latency: archiver against bare keep-alive clients fetching the same URLs "
+        "concurrently and discarding the bodies (the most any client gets from the emulator)."))
+    work = ctx.scratch("s3")
+    with emulator() as emu:
+        from archiver.testing.emulator import ArtifactSpec
+
+        urls = []
+        for j in range(jobs):
+            job = emu.add_job("proj_small", artifacts=[
+                ArtifactSpec(f"pages/{j}/p{i:03d}.json", size=SIZE) for i in range(per_job)])
+            urls += [emu.artifact_url(job["id"], p) for p in emu.artifact_paths(job["id"])]
+        url_file = work / "urls.txt"
+        url_file.write_text("\n".join(urls) + "\n")
+        timeout = 120 + n * 0.2
+
+        def latency(value: float):
+            emu.faults.latency = value
+
+        def archiver(label: str, lat: float, vs: tuple[str, ...]) -> Variant:
+            root, state = work / f"archive-{lat}", work / f"state-{lat}"
+            cfg = write_config(work / f"archiver-{lat}.yaml", archiver_config(
+                emu, root, state, concurrency=CONCURRENCY))
+
+            def run(rep: int):
+                latency(lat)
+                m = run_archiver(ctx, cfg, what=label, timeout=timeout, expect_archived=jobs)
+                if _count_files(root, artifacts_only=True) != n:
+                    raise BenchError(f"{label}: {_count_files(root, True)} artifacts stored")
+                return m
+            return Variant(label, run, work=n, unit="artifacts/s", vs=vs,
+                           reset=lambda: remove(root, state))
+
+        naive_out = work / "naive"
+
+        def naive(rep: int):
+            latency(LATENCY)
+            m, out = client(ctx, "naive", emu.base_url, str(naive_out), what="naive script",
+                            timeout=timeout + n * LATENCY * 3)
+            if out.split()[0] != str(n):
+                raise BenchError(f"naive script downloaded {out.strip()} artifacts, not {n}")
+            return m
+
+        rc_out = work / "rclone-rc"
+
+        def rclone_rc(rep: int):
+            latency(LATENCY)
+            m, out = client(ctx, "rclone_rc", str(url_file), str(rc_out), str(CONCURRENCY),
+                            what="rclone rcd copyurl", timeout=timeout)
+            if out.strip() != str(n):
+                raise BenchError(f"rclone rcd copyurl stored {out.strip()} files, not {n}")
+            return m
+
+        # rclone copyurl as a shell user runs it: one process per URL. Its start-up
+        # dominates, so by default it gets the first tenth of the URLs (rates compare).
+        subset = urls if (ctx.large or ctx.smoke) else urls[:max(1, len(urls) // 10)]
+        pp_file, pp_out = work / "urls-pp.txt", work / "rclone-pp"
+        pp_file.write_text("".join(f"{u} {pp_out}/{i}.bin\n" for i, u in enumerate(subset)))
+
+        def rclone_pp(rep: int):
+            latency(LATENCY)
+            pp_out.mkdir(exist_ok=True)
+            cmd = (f'xargs -P {CONCURRENCY} -L 1 rclone copyurl -q '
+                   f'--header "Authorization: Bearer $PLANGREP_API_KEY" < "{pp_file}"')
+            m = run_process(cmd, what="rclone copyurl per URL", timeout=timeout * 4,
+                            env=ctx.env).measurement
+            if _count_files(pp_out) != len(subset):
+                raise BenchError(f"rclone copyurl per URL stored {_count_files(pp_out)} files")
+            return m
+
+        curl_cfg = work / "curl.cfg"
+        curl_cfg.write_text("".join(f'url = "{u}"\noutput = "/dev/null"\n' for u in urls))
+
+        def curl_parallel(rep: int):
+            latency(0)
+            cmd = (f'curl -sS --fail --parallel --parallel-max {CONCURRENCY} '
+                   f'-H "Authorization: Bearer $PLANGREP_API_KEY" -K "{curl_cfg}"')
+            return run_process(cmd, what="curl --parallel", timeout=timeout,
+                               env=ctx.env).measurement
+
+        def py_ceiling(rep: int):
+            latency(0)
+            m, out = client(ctx, "ceiling", str(url_file), str(CONCURRENCY),
+                            what="requests keep-alive", timeout=timeout)
+            if out.split()[0] != str(n):
+                raise BenchError(f"keep-alive client read {out.strip()}")
+            return m
+
+        lat_ms = f"{LATENCY * 1000:.0f} ms"
+        naive_l = f"{lat_ms}: naive sequential script"
+        rc_l = f"{lat_ms}: rclone copyurl via rcd, {CONCURRENCY} concurrent"
+        pp_l = (f"{lat_ms}: rclone copyurl, one process per URL (xargs -P {CONCURRENCY})"
+                + ("" if len(subset) == n else f", first {len(subset)} URLs"))
+        curl_l = f"0 ms: curl --parallel --parallel-max {CONCURRENCY} (keep-alive)"
+        py_l = f"0 ms: requests, {CONCURRENCY} threads × Session (keep-alive)"
+        have_rclone = run_process("command -v rclone", what="rclone", timeout=10,
+                                  check=False).returncode == 0
+        variants = [Variant(naive_l, naive, role="baseline", work=n, unit="artifacts/s",
+                            reset=lambda: remove(naive_out)),
+                    archiver(f"{lat_ms}: archiver, concurrency {CONCURRENCY}", LATENCY,
+                             (naive_l, rc_l) if have_rclone else (naive_l,))]
+        if have_rclone:
+            variants += [
+                Variant(rc_l, rclone_rc, role="baseline", work=n, unit="artifacts/s",
+                        reset=lambda: remove(rc_out)),
+                Variant(pp_l, rclone_pp, role="baseline", work=len(subset),
+                        unit="artifacts/s", reps=1, reset=lambda: remove(pp_out),
+                        note="one repetition: each URL costs an rclone start-up")]
+        else:
+            res.notes.append("rclone is not installed (`apt-get install rclone`): its rows "
+                             "are missing.")
+        variants += [archiver(f"0 ms: archiver, concurrency {CONCURRENCY}", 0.0,
+                              (curl_l, py_l)),
+                     Variant(curl_l, curl_parallel, role="reference", work=n,
+                             unit="artifacts/s"),
+                     Variant(py_l, py_ceiling, role="reference", work=n, unit="artifacts/s")]
+        ctx.log(f" {n} artifacts: {len(variants)} variants x {ctx.reps} runs")
+        try:
+            res.rows = alternate(variants, ctx.reps, ctx.log)
+        finally:
+            latency(0)
+    arch = res.row(f"{lat_ms}: archiver, concurrency {CONCURRENCY}")
+    r = res.ratio(arch, naive_l)
+    res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ 10× the naive "
+                              "script", r >= 10, f"{r:.1f}×"))
+    if have_rclone:
+        r = res.ratio(arch, rc_l)
+        res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ rclone "
+                                  "copyurl (rcd, same concurrency)", r >= 1, f"{r:.2f}×"))
+        r = res.ratio(arch, pp_l)
+        res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ rclone "
+                                  "copyurl (one process per URL)", r >= 1, f"{r:.2f}×"))
+    else:
+        res.targets.append(Target("≥ rclone copyurl", None, "rclone not installed"))
+    fast = res.row(f"0 ms: archiver, concurrency {CONCURRENCY}")
+    best = max(res.ratio(res.row(v), fast.label) for v in (curl_l, py_l))
+    res.targets.append(Target("no latency: share of the keep-alive ceiling (information, no "
+                              "target)", None, f"{1 / best:.0%} of the faster ceiling"))
+    return res
