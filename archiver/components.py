@@ -218,6 +218,16 @@ class Sink(Component):
         """
         return []
 
+    def list_keys(self, prefix: str) -> Iterable[str] | None:
+        """Committed keys below ``prefix`` (as given to ``open_writer``), or None when the
+        sink cannot list (fixity audits then compare manifests with the ledger only)."""
+        return None
+
+    def retention(self, key: str) -> dict[str, Any] | None:
+        """The retention an object written at ``key`` now would receive, without I/O
+        (shown by ``archiver run --dry-run``); None when the sink applies none."""
+        return None
+
     def describe(self, key: str) -> str:
         """Human-readable location of a key, e.g. ``s3://bucket/key``."""
         return key

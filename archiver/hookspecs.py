@@ -7,7 +7,7 @@ components, filter and name artifacts, and observe outcomes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 

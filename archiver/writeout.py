@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from .components import Writer
 from .errors import ArchiverError, ConflictError, SourceError, TransformError
 from .model import Artifact, ArtifactResult, Job
+from .tracked import TrackedWriter
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -36,13 +36,10 @@ class Item:
 
 
 class _Out:
-    """One sink's writer and chain for the current attempt."""
+    """One sink's chain and tracked writer for the current attempt."""
 
-    def __init__(self, sink_name: str, chain, writer: Writer):
+    def __init__(self, sink_name: str, chain, writer: TrackedWriter):
         self.sink, self.chain, self.writer = sink_name, chain, writer
-        self.written = 0
-        self.pending_id: int | None = None
-        self.token: str | None = None
 
 
 def _what(job: Job, item: Item) -> str:
@@ -110,12 +107,12 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
             if name in res.errors:
                 continue  # failed in an earlier attempt for a reason a restart won't fix
             try:
-                w = p.sinks[name].open_writer(item.keys[name], {"job-id": job.id})
+                w = TrackedWriter(p.sinks[name], p.ledger, item.keys[name], job_id=job.id,
+                                  path=item.path, metadata={"job-id": job.id})
             except ArchiverError as exc:
                 res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
                 continue
             outs[name] = _Out(name, own[name], w)
-            _track_pending(p, job, item, outs[name])
         chunks, dl = _chunks(p, item)
         try:
             if dl is not None:
@@ -140,20 +137,7 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
             del outs[name]
     finally:
         for out in outs.values():
-            _abort(p, out)
-
-
-def _track_pending(p: "Pipeline", job: Job, item: Item, out: _Out) -> None:
-    """Keep the ledger's record of what a crash would leave in step with the writer
-    (a multipart upload id appears only once the first part is sent)."""
-    token = out.writer.pending
-    if token == out.token:
-        return
-    if out.pending_id is None:
-        out.pending_id = p.ledger.add_pending(out.sink, token, job.id, item.path)
-    else:
-        p.ledger.update_pending(out.pending_id, token)
-    out.token = token
+            out.writer.abort()
 
 
 def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
@@ -163,11 +147,9 @@ def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
         try:
             for piece in out.chain.feed(data) if data is not None else out.chain.finish():
                 out.writer.write(piece)
-                out.written += len(piece)
-            _track_pending(p, job, item, out)
         except (ArchiverError, OSError) as exc:
             res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
-            _abort(p, out)
+            out.writer.abort()
             del outs[name]
 
 
@@ -178,33 +160,20 @@ def _commit(p, job: Job, item: Item, out: _Out, head, res: ArtifactResult) -> No
     except ConflictError as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: conflict: {exc}"
         p.ledger.event("conflict", str(exc), job_id=job.id, path=item.path, sink=out.sink)
-        _abort(p, out)
+        out.writer.abort()
         return
     except (ArchiverError, OSError) as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: commit failed: {exc}"
-        _abort(p, out)
+        out.writer.abort()
         return
-    if out.pending_id is not None:
-        p.ledger.remove_pending(out.pending_id)
-    verified = stored.size == out.written and (
+    verified = stored.size == out.writer.written and (
         not stored.digests.get("sha256") or stored.digests["sha256"] == digests["sha256"])
     if not verified:
         res.errors[out.sink] = (f"{_what(job, item)} sink {out.sink}: verification failed: "
-                                f"stored {stored.size} bytes, wrote {out.written}")
+                                f"stored {stored.size} bytes, wrote {out.writer.written}")
         return
     res.copies[out.sink] = stored
     p.ledger.record_copy(job.id, item.path, stored, received=head.digests("received"),
                          chain=p.facts_for(head, out.chain), verified=True)
     p.ledger.event("stored", stored.location or stored.key, job_id=job.id, path=item.path,
                    sink=out.sink)
-
-
-def _abort(p, out: _Out) -> None:
-    try:
-        out.writer.abort()
-    except Exception:  # abort is best effort; the pending record lets cleanup retry
-        log.exception("sink %s: abort failed", out.sink)
-        return
-    if out.pending_id is not None:
-        p.ledger.remove_pending(out.pending_id)
-        out.pending_id = None

@@ -5,10 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import types
 from pathlib import Path
 
-import pytest
 
 from archiver.config import load_config
 from archiver.hookspecs import hookimpl

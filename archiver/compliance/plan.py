@@ -24,7 +24,6 @@ from .. import keys as keymod
 from ..errors import ArchiverError, AuthError, SourceError
 from ..ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING, CopyRow
 from ..model import Job
-from . import storage
 from .bagit import AUDIT_NAME, bag_root, manifest_name, tag_key, tagmanifest_name
 
 
@@ -143,7 +142,7 @@ def _objects(pipeline, job: Job) -> list[dict[str, Any]]:
 
 def _where(sink, key: str, stored: bool | None) -> dict[str, Any]:
     return {"key": key, "location": sink.describe(key), "stored": stored,
-            "retention": storage.retention(sink, key)}
+            "retention": sink.retention(key)}
 
 
 def format_plan(report: PlanReport) -> list[str]:

@@ -232,30 +232,47 @@ class LocalSink(Sink):
         """
         return len(self._remove_strays(prefix, older_than))
 
-    def _remove_strays(self, prefix: str, older_than: float) -> list[str]:
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Committed keys below ``prefix`` (temporary files left out)."""
+        for dirpath, name in self._files(prefix):
+            if not _TEMP.fullmatch(name):
+                rel = os.path.relpath(os.path.join(dirpath, name), self.root)
+                yield rel.replace(os.sep, "/")
+
+    def retention(self, key: str) -> dict | None:
+        if self.config.read_only:
+            return {"mode": "read-only file (0444); no enforced retention"}
+        return None
+
+    def _files(self, prefix: str) -> Iterator[tuple[str, str]]:
         prefix = prefix.strip("/")
         top = self._path(prefix) if prefix else self.root
+        if not os.path.isdir(top):
+            return
+        for dirpath, _dirs, files in os.walk(top, onerror=self._list_failed):  # no symlinks
+            for name in files:
+                yield dirpath, name
+
+    def _list_failed(self, exc: OSError) -> None:
+        raise SinkError(f"sink {self.label!r}: cannot list {exc.filename}: "
+                        f"{exc.strerror}") from exc
+
+    def _remove_strays(self, prefix: str, older_than: float) -> list[str]:
         cutoff = time.time() - older_than
         removed = []
-
-        def fail(exc: OSError) -> None:
-            raise SinkError(f"sink {self.label!r}: cannot list {exc.filename}: "
-                            f"{exc.strerror}") from exc
-
-        for dirpath, _dirs, files in os.walk(top, onerror=fail):  # never follows symlinks
-            for name in files:
-                if not _TEMP.fullmatch(name):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.lstat(path)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
-                        os.unlink(path)
-                        removed.append(path)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    fail(exc)
+        for dirpath, name in self._files(prefix):
+            if not _TEMP.fullmatch(name):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff:
+                    os.unlink(path)
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._list_failed(exc)
         return removed
 
 

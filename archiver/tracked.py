@@ -1,0 +1,67 @@
+"""A sink writer whose crash leftovers are always known to the ledger.
+
+Every path that writes to a sink (the pipeline, bag tag files, replication) goes through
+:class:`TrackedWriter`: the writer's ``pending`` token (temporary file, multipart upload
+id, resumable session) is recorded before the first byte, updated when it changes, and
+removed after commit or abort, so a run killed at any point leaves a record that the next
+run or ``archiver cleanup`` turns into :meth:`Sink.discard`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .components import Sink
+from .model import StoredObject
+
+log = logging.getLogger("archiver.tracked")
+
+
+class TrackedWriter:
+    """``write``/``commit``/``abort`` of one sink writer, with its pending token tracked."""
+
+    def __init__(self, sink: Sink, ledger, key: str, *, job_id: str | None, path: str | None,
+                 metadata: dict[str, str] | None = None):
+        self.sink, self.ledger, self.key = sink, ledger, key
+        self.job_id, self.path = job_id, path
+        self.writer = sink.open_writer(key, metadata)
+        self.written = 0
+        self._pending_id: int | None = None
+        self._token: str | None = None
+        self._track()
+
+    def _track(self) -> None:
+        token = self.writer.pending
+        if token == self._token:
+            return
+        if self._pending_id is None:
+            self._pending_id = self.ledger.add_pending(self.sink.label, token, self.job_id,
+                                                       self.path)
+        else:
+            self.ledger.update_pending(self._pending_id, token)
+        self._token = token
+
+    def _forget(self) -> None:
+        if self._pending_id is not None:
+            self.ledger.remove_pending(self._pending_id)
+            self._pending_id = None
+
+    def write(self, chunk: bytes) -> None:
+        self.writer.write(chunk)
+        self.written += len(chunk)
+        self._track()
+
+    def commit(self, digests: dict[str, str]) -> StoredObject:
+        """Commit; on failure the caller aborts (the pending record stays until then)."""
+        stored = self.writer.commit(digests)
+        self._forget()
+        return stored
+
+    def abort(self) -> None:
+        """Best effort: if the sink's abort fails, the pending record lets cleanup retry."""
+        try:
+            self.writer.abort()
+        except Exception:
+            log.exception("sink %s: abort of %s failed", self.sink.label, self.key)
+            return
+        self._forget()
