@@ -190,6 +190,8 @@ def status(config_file: str, as_json: bool, job_id: str | None) -> None:
         click.echo(f"sink {sink}: {s['objects']} objects, {s['bytes']} bytes")
     for p in data["problems"]:
         click.echo(f"{p['state'].upper()} {p['job_id']}: {p['error']}")
+    for w in data["expiry_warnings"]:
+        click.echo(f"EXPIRES SOON {w['job_id']} (at {w['expires_at']}), not archived yet")
     if job_id:
         for c in data["job"]["copies"]:
             click.echo(f"{c['sink']}: {c['location'] or c['key']} {c['size']} bytes "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -157,7 +158,7 @@ def _chart(results: list[ScenarioResult], path: Path) -> None:
         return
     cols = 2
     nrows = (len(shown) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(13, 3.2 * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(14, 3.6 * nrows + 0.6), squeeze=False)
     colors = {"baseline": "#9e9e9e", "archiver": "#1f77b4", "reference": "#c7dcef"}
     for ax, res in zip(axes.flat, shown):
         by_rate = all(r.unit for r in res.rows)
@@ -167,13 +168,13 @@ def _chart(results: list[ScenarioResult], path: Path) -> None:
                 med, a, b = r.rate(r.median), r.rate(max(r.seconds)), r.rate(min(r.seconds))
             else:
                 med, a, b = r.median, min(r.seconds), max(r.seconds)
-            labels.append(r.label if len(r.label) < 58 else r.label[:55] + "…")
+            labels.append("\n".join(textwrap.wrap(r.label, 38)[:3]))
             values.append(med)
             lo.append(med - a)
             hi.append(b - med)
             cols_.append(colors.get(r.role, "#1f77b4"))
         ax.barh(range(len(values)), values, xerr=[lo, hi], color=cols_, capsize=3)
-        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.set_yticks(range(len(values)), labels, fontsize=6.5)
         units = {r.unit for r in res.rows}
         ax.set_xlabel(("throughput, " + "/".join(sorted(units)) + " (longer is better)")
                       if by_rate else "seconds (shorter is better)", fontsize=8)

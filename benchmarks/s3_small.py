@@ -28,6 +28,22 @@ def _count_files(root: Path, artifacts_only: bool = False) -> int:
     return sum(1 for p in root.rglob(pattern) if p.is_file())
 
 
+def _rclone_header_check(ctx: Context, url: str, work: Path) -> str:
+    """Does this rclone's copyurl send ``--header``? Fetch one URL with and without it."""
+    def fetch(header: bool) -> int:
+        opt = '--header "Authorization: Bearer $PLANGREP_API_KEY" ' if header else ""
+        return run_process(f'rclone copyurl -q --retries 1 {opt}"{url}" "{work}/probe.bin"',
+                           what="rclone probe", timeout=60, env=ctx.env,
+                           check=False).returncode
+    with_header, without = fetch(True), fetch(False)
+    remove(work / "probe.bin")
+    if with_header != 0:
+        raise BenchError("rclone copyurl --header could not fetch an authenticated URL")
+    return (f"rclone `copyurl` sends `--header \"Authorization: Bearer …\"`: with it an "
+            f"artifact URL downloads (exit {with_header}), without it the emulator refuses "
+            f"it (exit {without}), so rclone fetches the same authenticated URLs as the others.")
+
+
 def run(ctx: Context) -> ScenarioResult:
     jobs = ctx.size(200, 50, 3)
     per_job = ctx.size(20, 20, 4)
@@ -39,9 +55,7 @@ def run(ctx: Context) -> ScenarioResult:
         "job.json/result.json, fsyncing every file) against a naive sequential script "
         "(`benchmarks/clients/naive.py`: `requests.get` per request, as the polling example "
         "suggests; it lists and reads results too) and against rclone `copyurl`, which is "
-        "simply fed the artifact URLs (no listing, no results). rclone 1.60 sends the "
-        "Authorization header with `--header`, so it fetches the same authenticated URLs. "
-        "Without latency: archiver against bare keep-alive clients fetching the same URLs "
+        "simply fed the artifact URLs (no listing, no results). Without latency: archiver against bare keep-alive clients fetching the same URLs "
         "concurrently and discarding the bodies (the most any client gets from the emulator)."))
     work = ctx.scratch("s3")
     with emulator() as emu:
@@ -142,6 +156,7 @@ def run(ctx: Context) -> ScenarioResult:
                     archiver(f"{lat_ms}: archiver, concurrency {CONCURRENCY}", LATENCY,
                              (naive_l, rc_l) if have_rclone else (naive_l,))]
         if have_rclone:
+            res.notes.append(_rclone_header_check(ctx, urls[0], work))
             variants += [
                 Variant(rc_l, rclone_rc, role="baseline", work=n, unit="artifacts/s",
                         reset=lambda: remove(rc_out)),

@@ -71,9 +71,7 @@ class _LedgerCollector:
         yield GaugeMetricFamily("archiver_pending_writers",
                                 "Writers in flight or left by a crash.",
                                 value=summary["pending_writers"])
-        with self.ledger._lock:
-            retries = self.ledger._db.execute(
-                "SELECT COUNT(*) FROM events WHERE kind='retry'").fetchone()[0]
+        retries = self.ledger.count_events("retry")
         yield CounterMetricFamily("archiver_artifact_retries",
                                   "Whole-artifact restarts after a failed download (ledger).",
                                   value=retries)

@@ -95,14 +95,9 @@ class OpenJob:
 
 
 def open_jobs(ledger, states: Iterable[str] = (INCOMPLETE, WAITING)) -> list[OpenJob]:
-    """Read-only query of the ledger's open jobs (the Ledger protocol has no such call)."""
-    states = tuple(states)
-    sql = ("SELECT job_id, project_id, status, state, expires_at, raw, first_seen FROM jobs"
-           f" WHERE state IN ({','.join('?' * len(states))})")
-    with ledger._lock:
-        rows = ledger._db.execute(sql, states).fetchall()
+    """The ledger's open jobs, with their expiry and completion times parsed."""
     out = []
-    for job_id, project, status, state, expires, raw, first_seen in rows:
+    for job_id, project, status, state, expires, raw, first_seen in ledger.open_job_rows(states):
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:
@@ -114,10 +109,7 @@ def open_jobs(ledger, states: Iterable[str] = (INCOMPLETE, WAITING)) -> list[Ope
 
 
 def warned_jobs(ledger) -> set[str]:
-    with ledger._lock:
-        rows = ledger._db.execute(
-            "SELECT DISTINCT job_id FROM events WHERE kind='expiry_warning'").fetchall()
-    return {r[0] for r in rows if r[0]}
+    return ledger.jobs_with_event("expiry_warning")
 
 
 class NullMetrics:

@@ -11,7 +11,7 @@ from archiver.testing.emulator import ArtifactSpec
 
 STEPS = ("awaiting_uploads", "uploading", "preflighting", "processing", "completed")
 JOBS = 100          # x 5 status changes x (delivery + duplicate) = 1,000 deliveries
-QUEUE = 50
+QUEUE = 10
 
 
 def test_thousand_webhooks_in_a_burst(make_service, emu):
@@ -24,6 +24,8 @@ def test_thousand_webhooks_in_a_burst(make_service, emu):
     # the sender retries a 503 after Retry-After (1 s), backing off up to 4 s
     emu.configure_webhooks(svc.url + "/webhooks/plangrep", secret=SECRET, duplicate=1.0,
                            workers=4, max_attempts=60, retry_delay=1.0, retry_max_delay=4.0)
+    # each re-read through the API takes 100 ms, so the 10-slot queue must fill up
+    emu.faults.latency = 0.1
     for job_id in ids:
         for status in STEPS:
             emu.set_status(job_id, status)
