@@ -41,6 +41,7 @@ class RunReport:
     bytes_received: int = 0
     objects_written: int = 0
     fatal: str | None = None
+    auth_refused: bool = False      # the API refused the key: retrying cannot help
     interrupted: bool = False
 
     @property
@@ -154,7 +155,7 @@ class Pipeline:
                 for fut in futures:
                     fut.result()
         except AuthError as exc:
-            report.fatal = str(exc)
+            report.fatal, report.auth_refused = str(exc), True
             self.stop.set()
         except SourceError as exc:
             report.fatal = str(exc)

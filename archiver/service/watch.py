@@ -294,7 +294,7 @@ class Watcher:
             if states.get(job.id) == INCOMPLETE and job.has_result:
                 self.metrics.job_retry()
         report = self.pipeline.run(jobs=jobs, preflight=False)
-        if report.fatal and self.pipeline.stop.is_set() and not self.stopping.is_set():
+        if report.auth_refused and not self.stopping.is_set():
             # only a refused API key stops the pipeline by itself
             self._fail(report.fatal)
             return report
