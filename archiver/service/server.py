@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import socketserver
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from ..httpserver import LocalHTTPServer
 
 if TYPE_CHECKING:
     from .metrics import ServiceMetrics
@@ -37,12 +37,8 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
          % (len(_BUSY_BODY), _BUSY_BODY))
 
 
-class ServiceServer(ThreadingHTTPServer):
+class ServiceServer(LocalHTTPServer):
     """The server; ``receiver``, ``metrics`` and ``health`` are what the handler answers from."""
-
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
 
     def __init__(self, host: str, port: int, *, webhook_path: str,
                  receiver: WebhookReceiver | None, metrics: ServiceMetrics | None,
@@ -52,16 +48,8 @@ class ServiceServer(ThreadingHTTPServer):
         self.receiver, self.metrics, self.health = receiver, metrics, health
         self.max_body_bytes = max_body_bytes
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.address_family = family
         super().__init__((host, port), Handler)
         self._thread: threading.Thread | None = None
-
-    def server_bind(self) -> None:  # skip HTTPServer's getfqdn() (a DNS lookup)
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     @property
     def url(self) -> str:
@@ -70,23 +58,19 @@ class ServiceServer(ThreadingHTTPServer):
         return f"http://{host}:{self.server_address[1]}"
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False):  # over max_connections: 503 at once
             try:
                 request.sendall(_BUSY)
             except OSError:
                 pass
             self.shutdown_request(request)
             return
-        with self._conns_lock:
-            self._conns.add(request)
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self._conns_lock:
-                self._conns.discard(request)
             self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
@@ -102,17 +86,11 @@ class ServiceServer(ThreadingHTTPServer):
     def stop(self) -> None:
         """Stop accepting, cut open keep-alive connections, close the socket."""
         if self._thread is not None:
-            self.shutdown()
+            super().stop()
             self._thread.join(timeout=5)
             self._thread = None
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server_close()
+        else:
+            self.server_close()
 
 
 class Handler(BaseHTTPRequestHandler):

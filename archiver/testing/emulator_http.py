@@ -9,15 +9,14 @@ would wait ~40 ms for a delayed ACK). The API state and its answers live in
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
 import sys
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..httpserver import LocalHTTPServer
 from .emulator_data import BLOCK, Artifact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,49 +98,15 @@ class RequestLog(list):
             return list(self)
 
 
-class EmulatorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
+class EmulatorServer(LocalHTTPServer):
     def __init__(self, port: int, handler: type, emulator: Emulator):
         self.emulator = emulator
-        self.stopping = threading.Event()
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         super().__init__(("127.0.0.1", port), handler)
-
-    def server_bind(self) -> None:  # skip HTTPServer's getfqdn() (a DNS lookup)
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def process_request(self, request, client_address) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         if self.stopping.is_set() or isinstance(sys.exc_info()[1], OSError):
             return
         super().handle_error(request, client_address)
-
-    def stop(self) -> None:
-        """Stop accepting, cut every open connection, close the listening socket."""
-        self.stopping.set()
-        self.shutdown()
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
