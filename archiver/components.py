@@ -19,6 +19,14 @@ from pydantic import BaseModel, ConfigDict
 from .model import Artifact, Job, StoredObject
 
 
+def no_repeats(values: list) -> list:
+    """Validator for list options: an entry given twice is a mistake worth naming."""
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise ValueError(f"{twice[0]!r} is listed twice")
+    return values
+
+
 class ComponentConfig(BaseModel):
     """Base of every component's typed configuration: unknown keys are an error."""
 

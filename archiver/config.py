@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from .components import ComponentConfig
+from .components import ComponentConfig, no_repeats
 from .errors import ConfigError, PluginError
 from .registry import Registry
 
@@ -128,9 +128,7 @@ class BagitSettings(_Strict):
     def _algorithms(cls, algos: list[str]) -> list[str]:
         if "sha256" not in algos:
             raise ValueError("sha256 is required (manifest-sha256.txt is always written)")
-        if len(set(algos)) != len(algos):
-            raise ValueError("an algorithm is listed twice")
-        return algos
+        return no_repeats(algos)
 
     @field_validator("info")
     @classmethod
@@ -251,7 +249,8 @@ class _Errors:
 
     def add_validation(self, exc: ValidationError, prefix: str = "") -> None:
         for err in exc.errors(include_url=False, include_input=False):
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = tuple(p for p in err["loc"]
+                        if not (isinstance(p, str) and p.startswith("function-")))
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"

@@ -9,8 +9,9 @@ two runs the variant's ``reset`` removes its output (untimed) and dirty pages ar
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .measure import Measurement, loadavg, settle
 

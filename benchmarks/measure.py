@@ -1,16 +1,20 @@
 """Running and measuring one subprocess: wall time, peak RSS and CPU from the OS.
 
-Every measured run is a child process reaped with ``os.wait4``, whose ``rusage`` is the
-kernel's account of that child *and every descendant it waited for*: ``ru_maxrss`` is the
-peak resident set of the largest single process of the run (for a shell pipeline, the
-largest of curl, tee, sha256sum...), ``ru_utime + ru_stime`` their CPU time. Nothing is
-estimated. Per-child rusage (rather than ``getrusage(RUSAGE_CHILDREN)``, which keeps the
-maximum over *all* children ever reaped) keeps runs independent of each other.
+Every measured command runs under GNU time (``/usr/bin/time -f %M``), whose report is the
+kernel's ``ru_maxrss`` of the command *and every descendant it waited for*: the peak
+resident set of the largest single process of the run (for a shell pipeline, the largest
+of curl, tee, sha256sum...). Nothing is estimated.
+
+Why the intermediate: Linux charges a child, at ``exec``, with the peak RSS of the memory
+it was forked from, so ``wait4`` on a child of this runner (which holds the emulator and
+its artifacts) would report at least the runner's own size. GNU time is a tiny process:
+what it forks carries ~2 MiB. (``getrusage(RUSAGE_CHILDREN)`` has the same flaw and also
+keeps the maximum over all children ever reaped.) CPU time (user + system of the whole
+process tree) comes from ``wait4`` on the time process; it is not inherited.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import shutil
@@ -19,8 +23,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -35,7 +40,7 @@ class Measurement:
     """One run of one variant."""
 
     seconds: float
-    rss_kib: int | None = None       # peak RSS of the largest process (KiB, from wait4)
+    rss_kib: int | None = None       # peak RSS of the largest process (KiB, GNU time %M)
     cpu_seconds: float | None = None  # user + system time of the whole process tree
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -48,11 +53,11 @@ class Proc:
     stderr: str
 
 
-def _die_with_parent() -> None:  # in the child, between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def with_parent(argv: list[str]) -> list[str]:
+    """``argv`` that gets SIGTERM if the runner dies (util-linux ``setpriv``; a
+    ``preexec_fn`` is unsafe here: the emulator's threads run in this process)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def _kill_group(pid: int) -> None:
@@ -62,19 +67,32 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def require_gnu_time() -> None:
+    if not os.access(GNU_TIME, os.X_OK):
+        raise BenchError(f"{GNU_TIME} (GNU time) is needed to read each run's peak RSS: "
+                         "apt-get install time")
+
+
 def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None, cwd=None,
                 check: bool = True) -> Proc:
-    """Run ``cmd`` (a shell string runs under ``bash -o pipefail -c``) in a session of its
-    own, killed with its whole group after ``timeout`` seconds. Wall time is measured from
-    just before the fork to the moment ``wait4`` returns."""
+    """Run ``cmd`` (a shell string runs under ``bash -o pipefail -c``) under GNU time and
+    coreutils ``timeout`` (which kills it after ``timeout`` seconds even if this runner
+    dies), in a session of its own. Wall time is measured from just before the fork to the
+    moment ``wait4`` returns."""
+    require_gnu_time()
     argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-    linux = platform.system() == "Linux"
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(mode="r", prefix="bench-rss-") as rss_file:
+        argv = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, "--",
+                "timeout", "-k", "5", f"{timeout:.0f}", *argv]
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                             cwd=cwd, start_new_session=True,
-                             preexec_fn=_die_with_parent if linux else None)
-        timer = threading.Timer(timeout, _kill_group, (p.pid,))
+                             cwd=cwd, start_new_session=True)
+        # backstop only: `timeout` ends the command itself
+        timer = threading.Timer(timeout + 15, _kill_group, (p.pid,))
         timer.daemon = True
         timer.start()
         try:
@@ -92,8 +110,10 @@ def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    timed_out = rc == -signal.SIGKILL and seconds >= timeout
-    m = Measurement(seconds, ru.ru_maxrss, ru.ru_utime + ru.ru_stime)
+        rss_text = rss_file.read().split()
+    timed_out = rc in (124, 137) or (rc == -signal.SIGKILL and seconds >= timeout)
+    rss = int(rss_text[-1]) if rss_text and rss_text[-1].isdigit() else None
+    m = Measurement(seconds, rss, ru.ru_utime + ru.ru_stime)
     proc = Proc(m, rc, stdout, stderr)
     if check and rc != 0:
         why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {rc}"
@@ -119,7 +139,7 @@ def _first_line(argv: list[str]) -> str | None:
     if not shutil.which(argv[0]):
         return None
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     text = (r.stdout or r.stderr).strip()
@@ -148,10 +168,11 @@ def _mem_total() -> str:
 
 def _git(root: str) -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=False,
                               capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+                               cwd=root, check=False, capture_output=True, text=True,
+                               timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return "?"
     return f"{head}{' (with uncommitted changes)' if dirty.strip() else ''}" if head else "?"

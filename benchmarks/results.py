@@ -79,9 +79,10 @@ def markdown(results: list[ScenarioResult], *, info: dict[str, str], mode: str, 
         "",
         "How to read the tables: *median/min/max* are wall seconds of a whole run, start-up "
         "included; *speed vs* is the variant's median throughput divided by the named row's "
-        "(> 1 is faster); *peak RSS* is the largest resident set of any process of the run, "
-        "from the kernel (`wait4` rusage), never an estimate; *CPU s* is user + system time "
-        "of the run's whole process tree. archiver always runs as its own process "
+        "(> 1 is faster); *peak RSS* is the largest resident set of any single process of "
+        "the run, as the kernel reports it (`ru_maxrss`, read through GNU time so the "
+        "runner's own memory is not charged to its children), never an estimate; *CPU s* "
+        "is user + system time of the run's whole process tree. archiver always runs as its own process "
         "(`python -m archiver.cli run -c FILE --json`). All servers listen on 127.0.0.1.",
         "",
     ]

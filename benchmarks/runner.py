@@ -107,7 +107,7 @@ def run_one(name: str, module: str, ctx: Context) -> ScenarioResult:
         res = mod.run(ctx)
     except BenchError as exc:
         res = ScenarioResult(name, mod.TITLE, status="failed", notes=[f"Failed: {exc}"])
-    except Exception:  # a bug in one scenario must not cost the others
+    except Exception:  # noqa: BLE001 - a bug in one scenario must not cost the others
         res = ScenarioResult(name, mod.TITLE, status="failed",
                              notes=["Failed with a benchmark bug:\n\n```\n"
                                     + traceback.format_exc()[-3000:] + "```"])
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="archiver-bench-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, flush=True)
     ctx = Context(workdir=workdir, reps=args.reps, quick=args.quick, large=args.large,
                   smoke=args.smoke, log=log, env=_env())
     mode = "smoke" if args.smoke else "quick" if args.quick else "default"

@@ -11,7 +11,7 @@ import hashlib
 
 from .context import Context, archiver_config, remove, run_archiver, write_config
 from .harness import ScenarioResult, Target, Variant, alternate
-from .measure import GiB, MiB, BenchError, run_process
+from .measure import BenchError, GiB, MiB, run_process
 from .servers import emulator
 
 KEY = "large"

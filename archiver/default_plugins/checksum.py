@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from archiver.components import ArtifactContext, ComponentConfig, Stage, Transform
+from archiver.components import ArtifactContext, ComponentConfig, Stage, Transform, no_repeats
 from archiver.hookspecs import hookimpl
 
 Algorithm = Literal["sha256", "md5", "sha1", "sha512", "blake2b", "crc32c"]
@@ -108,13 +108,7 @@ def digest_stage(algorithms: Iterable[str] = ("sha256",)) -> Stage:
 class ChecksumConfig(ComponentConfig):
     algorithms: list[Algorithm] = Field(default_factory=lambda: ["sha256"], min_length=1)
 
-    @field_validator("algorithms")
-    @classmethod
-    def _unique(cls, algorithms: list[str]) -> list[str]:
-        seen = [a for i, a in enumerate(algorithms) if a in algorithms[:i]]
-        if seen:
-            raise ValueError(f"algorithm {seen[0]!r} is listed twice")
-        return algorithms
+    _unique = field_validator("algorithms")(no_repeats)
 
 
 class ChecksumTransform(Transform):

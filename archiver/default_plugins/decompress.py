@@ -64,7 +64,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ByteSize, Field, field_validator
 
-from archiver.components import ArtifactContext, ComponentConfig, Stage, Transform
+from archiver.components import ArtifactContext, ComponentConfig, Stage, Transform, no_repeats
 from archiver.errors import TransformError
 from archiver.hookspecs import hookimpl
 
@@ -88,13 +88,7 @@ class DecompressConfig(ComponentConfig):
     max_ratio: float = Field(1000.0, ge=1.0)
     max_window_bytes: Annotated[ByteSize, Field(ge=1 << 10, le=1 << 31)] = ByteSize(128 << 20)
 
-    @field_validator("formats")
-    @classmethod
-    def _unique(cls, formats: list[str]) -> list[str]:
-        twice = [f for i, f in enumerate(formats) if f in formats[:i]]
-        if twice:
-            raise ValueError(f"format {twice[0]!r} is listed twice")
-        return formats
+    _unique = field_validator("formats")(no_repeats)
 
 
 def _join(pieces: list[bytes]) -> bytes:

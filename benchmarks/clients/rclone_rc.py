@@ -11,9 +11,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-import threading
 
 import requests
 
