@@ -45,8 +45,20 @@ def _load(config_file: str, plugins=None, require_env: bool = True):
         _fail(str(exc))
 
 
+# Commands of the built-in plugins, listed by ``--help`` without importing them: loading
+# every plugin costs ~0.5 s (pydantic models, requests), which ``--help`` should not pay.
+# A test checks this table against what the plugins really register.
+BUILTIN_PLUGIN_COMMANDS = {
+    "audit": "The tamper-evident audit log.",
+    "replicate": "Copy archived jobs (payload and bag) from one sink to another.",
+    "serve": "watch + a webhook endpoint, /healthz and /metrics.",
+    "verify": "Re-read stored objects and compare them with the ledger and bags.",
+    "watch": "Archive continuously: poll, archive, warn before expiry.",
+}
+
+
 class _Cli(click.Group):
-    """Adds plugin commands the first time the command list is needed."""
+    """Adds plugin commands the first time one of them is needed."""
 
     _loaded = False
 
@@ -56,8 +68,7 @@ class _Cli(click.Group):
             _plugins().hook.archiver_register_commands(cli=self)
 
     def list_commands(self, ctx):
-        self._load_plugin_commands()
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *BUILTIN_PLUGIN_COMMANDS})
 
     def get_command(self, ctx, name):
         cmd = super().get_command(ctx, name)
@@ -65,6 +76,16 @@ class _Cli(click.Group):
             self._load_plugin_commands()
             cmd = super().get_command(ctx, name)
         return cmd
+
+    def format_commands(self, ctx, formatter) -> None:
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        rows = [(name, self.commands[name].get_short_help_str(limit)
+                 if name in self.commands else BUILTIN_PLUGIN_COMMANDS[name])
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+        formatter.write_paragraph()
+        formatter.write_text("Installed plugins may add commands: see `archiver plugins`.")
 
 
 @click.group(cls=_Cli)

@@ -206,3 +206,21 @@ def test_status_needs_no_secret(emu, tmp_path):
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "jobs: archived 3," in out.stdout and "sink primary: 19 objects" in out.stdout
+
+
+def test_help_lists_builtin_plugin_commands_without_loading_them():
+    import click
+
+    from archiver.cli import BUILTIN_PLUGIN_COMMANDS
+    from archiver.plugins import build_plugin_manager
+
+    group = click.Group()
+    build_plugin_manager(entry_points=False).hook.archiver_register_commands(cli=group)
+    assert set(group.commands) == set(BUILTIN_PLUGIN_COMMANDS)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "archiver.cli", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for name in BUILTIN_PLUGIN_COMMANDS:
+        assert f"  {name} " in out.stdout
+    imported = out.stderr
+    assert "pydantic" not in imported and "requests" not in imported
