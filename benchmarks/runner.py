@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary "
                    "directory, removed at the end)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG (no matplotlib)")
+    p.add_argument("--from-json", type=Path, metavar="RESULTS",
+                   help="measure nothing: re-render the page and chart from a results.json "
+                        "(into --output, default benchmarks/out/)")
     args = p.parse_args(argv)
     chosen = []
     for item in args.only or []:
@@ -116,8 +119,23 @@ def run_one(name: str, module: str, ctx: Context) -> ScenarioResult:
     return res
 
 
+def rerender(args: argparse.Namespace) -> int:
+    from .results import load_results, write_results
+
+    data, results = load_results(args.from_json)
+    out_dir = args.output or ROOT / "benchmarks" / "out"
+    for path in write_results(results, out_dir, info=data["info"], mode=data["mode"],
+                              reps=data["reps"], total_seconds=data["total_seconds"],
+                              chart=not args.no_chart, command=data.get(
+                                  "command", "python -m benchmarks")):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return rerender(args)
     complete = set(args.chosen) == {n for n, _ in SCENARIOS} and not args.smoke
     out_dir = args.output or (ROOT / "docs" if complete else ROOT / "benchmarks" / "out")
     own_workdir = args.workdir is None
