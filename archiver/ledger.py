@@ -22,11 +22,13 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from .compliance import audit as auditlog
+from .ledger_writer import GroupCommitter
 from .model import Job, StoredObject
 
 SCHEMA = """
@@ -106,7 +108,11 @@ class CopyRow:
     verified: bool
 
 
+_JOB_HEADS = 10_000  # jobs whose last audit record is remembered
+
+
 class Ledger(Protocol):
+    def batch(self) -> AbstractContextManager[None]: ...
     def job_states(self) -> dict[str, str]: ...
     def record_job(self, job: Job, state: str, error: str | None = None) -> None: ...
     def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]: ...
@@ -148,7 +154,14 @@ class SQLiteLedger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: the writer's transactions, reads
+        self._local = threading.local()  # .collected: the writes of an open batch()
+        self._writer = GroupCommitter(self._transaction, f"ledger-writer {self.path.name}")
+        # The audit chain's head and each job's last record, as this process last saw and
+        # wrote them; checked against the ledger once per transaction (_chain_head).
+        self._head: tuple[int, str] | None = None
+        self._head_checked = False
+        self._job_heads: dict[str, str] = {}
         self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                    isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -162,45 +175,108 @@ class SQLiteLedger:
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The writes this thread makes inside the block commit together, as one unit of
+        one transaction, when the block ends; nothing is written if it raises. Writes
+        inside return None (so no :meth:`add_pending` there); reads see the ledger as it
+        was before the block."""
+        if getattr(self._local, "collected", None) is not None:
+            yield  # nested: the outer block commits
+            return
+        self._local.collected = collected = []
+        try:
+            yield
+        finally:
+            self._local.collected = None
+        if collected:
+            self._writer.run(lambda: [work() for work in collected])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction (run by the writer thread). BEGIN IMMEDIATE takes the
+        write lock before the chain's head is read, so two processes sharing the ledger
+        cannot fork the chain."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._head_checked = False
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._head, self._job_heads = None, {}  # rolled back: forget what it wrote
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _write(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (statements on ``self._db``) in a committed transaction."""
+        collected = getattr(self._local, "collected", None)
+        if collected is not None:
+            collected.append(work)
+            return None
+        return self._writer.run(work)
+
     def _exec(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        """A read."""
         with self._lock:
             return self._db.execute(sql, tuple(args)).fetchall()
 
+    def _exec_write(self, sql: str, args: Iterable[Any] = ()) -> int | None:
+        """One write statement; its lastrowid."""
+        args = tuple(args)
+        return self._write(lambda: self._db.execute(sql, args).lastrowid)
+
     def _tx(self, statements: list[tuple[str, tuple]], audit: dict | None = None,
             audits: list[dict] | None = None) -> None:
-        """``statements`` and their audit records in one transaction. BEGIN IMMEDIATE
-        takes the write lock before the chain's head is read, so two processes sharing
-        the ledger cannot fork the chain."""
+        """``statements`` and their audit records, committed together."""
         records = audits or ([audit] if audit else [])
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    db.execute(sql, args)
-                for rec in records:
-                    self._append_audit(**rec)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+
+        def work() -> None:
+            for sql, args in statements:
+                self._db.execute(sql, args)
+            for rec in records:
+                self._append_audit(**rec)
+
+        self._write(work)
 
     def _append_audit(self, kind: str, *, job_id: str | None = None, path: str | None = None,
                       sink: str | None = None, message: str = "",
                       data: dict[str, Any] | None = None) -> None:
-        head = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                ).fetchone()
-        seq, prev = (head[0] + 1, head[1]) if head else (1, auditlog.GENESIS)
+        """Append one record; always inside a transaction (:meth:`batch`)."""
+        seq, prev = self._chain_head()
         job_prev = None
         if job_id is not None:
-            row = self._db.execute("SELECT hash FROM audit WHERE job_id=? ORDER BY seq DESC"
-                                   " LIMIT 1", (job_id,)).fetchone()
-            job_prev = row[0] if row else auditlog.GENESIS
-        line = auditlog.make_line(seq, time.time(), kind, prev=prev, job_prev=job_prev,
+            job_prev = self._job_heads.get(job_id)
+            if job_prev is None:
+                row = self._db.execute("SELECT hash FROM audit WHERE job_id=? ORDER BY seq"
+                                       " DESC LIMIT 1", (job_id,)).fetchone()
+                job_prev = row[0] if row else auditlog.GENESIS
+        line = auditlog.make_line(seq + 1, time.time(), kind, prev=prev, job_prev=job_prev,
                                   job_id=job_id, path=path, sink=sink, message=message,
                                   data=data)
+        digest = auditlog.line_hash(line)
         self._db.execute("INSERT INTO audit (seq, job_id, line, hash) VALUES (?,?,?,?)",
-                         (seq, job_id, line, auditlog.line_hash(line)))
+                         (seq + 1, job_id, line, digest))
+        self._head = (seq + 1, digest)
+        if job_id is not None:
+            if len(self._job_heads) >= _JOB_HEADS:
+                self._job_heads.clear()
+            self._job_heads[job_id] = digest
+
+    def _chain_head(self) -> tuple[int, str]:
+        """(seq, hash) of the chain's last record. Read once per transaction: the per-job
+        heads remembered from earlier transactions stay valid only if no other process
+        appended since (the head is still the one this process wrote last)."""
+        if self._head_checked:
+            return self._head or (0, auditlog.GENESIS)
+        row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                               ).fetchone()
+        head = (row[0], row[1]) if row else None
+        if head != self._head:
+            self._job_heads.clear()
+        self._head, self._head_checked = head, True
+        return head or (0, auditlog.GENESIS)
 
     # -- jobs
     def job_states(self) -> dict[str, str]:
@@ -253,17 +329,18 @@ class SQLiteLedger:
 
     # -- writers left open by a crash
     def add_pending(self, sink, token, job_id, path) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO pending (sink, token, job_id, path, started) VALUES (?,?,?,?,?)",
-                (sink, token, job_id, path, time.time()))
-            return int(cur.lastrowid)
+        rowid = self._exec_write(
+            "INSERT INTO pending (sink, token, job_id, path, started) VALUES (?,?,?,?,?)",
+            (sink, token, job_id, path, time.time()))
+        if rowid is None:
+            raise RuntimeError("add_pending() inside batch(): its id is not known yet")
+        return int(rowid)
 
     def update_pending(self, pending_id: int, token: str) -> None:
-        self._exec("UPDATE pending SET token=? WHERE id=?", (token, pending_id))
+        self._exec_write("UPDATE pending SET token=? WHERE id=?", (token, pending_id))
 
     def remove_pending(self, pending_id: int) -> None:
-        self._exec("DELETE FROM pending WHERE id=?", (pending_id,))
+        self._exec_write("DELETE FROM pending WHERE id=?", (pending_id,))
 
     def list_pending(self) -> list[tuple[int, str, str, float]]:
         return self._exec("SELECT id, sink, token, started FROM pending ORDER BY id")
@@ -302,7 +379,7 @@ class SQLiteLedger:
 
     def record_bag_file(self, job_id: str, sink: str, name: str, key: str, size: int,
                         digests: dict[str, Any]) -> None:
-        self._exec("INSERT OR REPLACE INTO bags (job_id, sink, name, key, size, digests,"
+        self._exec_write("INSERT OR REPLACE INTO bags (job_id, sink, name, key, size, digests,"
                    " stored_at) VALUES (?,?,?,?,?,?,?)",
                    (job_id, sink, name, key, size, json.dumps(digests), time.time()))
 
@@ -405,6 +482,7 @@ class SQLiteLedger:
         return {"artifacts": arts, "copies": out}
 
     def close(self) -> None:
+        self._writer.close()
         with self._lock:
             self._db.close()
 

@@ -123,6 +123,18 @@ class RetryPolicy:
 
         ``describe`` names what is attempted (job, artifact) in log lines.
         """
+        try:
+            return fn()  # most calls succeed first time: no retry machinery for them
+        except SourceError as exc:
+            if not exc.retryable:
+                raise
+            first: list[SourceError] = [exc]
+
+        def attempt() -> T:  # tenacity's attempt 1 is the failure above, replayed
+            if first:
+                raise first.pop()
+            return fn()
+
         what = describe or getattr(fn, "__name__", "call")
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -140,7 +152,7 @@ class RetryPolicy:
             reraise=True,
         )
         try:
-            return retrying(fn)
+            return retrying(attempt)
         except SourceError as exc:
             if not exc.retryable:
                 raise

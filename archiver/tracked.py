@@ -51,11 +51,18 @@ class TrackedWriter:
         self.written += len(chunk)
         self._track()
 
-    def commit(self, digests: dict[str, str]) -> StoredObject:
-        """Commit; on failure the caller aborts (the pending record stays until then)."""
+    def commit(self, digests: dict[str, str], *, forget: bool = True) -> StoredObject:
+        """Commit; on failure the caller aborts (the pending record stays until then).
+        ``forget=False`` leaves the pending record to the caller's :meth:`forget`, so it
+        can leave the ledger in the same transaction as the copy's row."""
         stored = self.writer.commit(digests)
-        self._forget()
+        if forget:
+            self._forget()
         return stored
+
+    def forget(self) -> None:
+        """Drop the pending record of a committed writer."""
+        self._forget()
 
     def abort(self) -> None:
         """Best effort: if the sink's abort fails, the pending record lets cleanup retry."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import ArchiverError, ConflictError, SourceError, TransformError
-from .model import Artifact, ArtifactResult, Job
+from .model import Artifact, ArtifactResult, Job, StoredObject
 from .tracked import TrackedWriter
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class _Out:
 
     def __init__(self, sink_name: str, chain, writer: TrackedWriter):
         self.sink, self.chain, self.writer = sink_name, chain, writer
+        self.facts: list[dict] = []  # the chain's digest facts, once committed
 
 
 def _what(job: Job, item: Item) -> str:
@@ -55,11 +56,12 @@ def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResul
     if p.draining.is_set():
         res.errors["*"] = f"{_what(job, item)}: not started, shutting down"
         return res
+    committed: list[tuple[_Out, StoredObject]] = []
     attempt = 0
     while True:
         attempt += 1
         try:
-            _attempt(p, job, item, needed, res)
+            _attempt(p, job, item, needed, res, committed)
             break
         except SourceError as exc:
             if exc.retryable and attempt <= p.policy.retries and not p.stop.is_set():
@@ -79,14 +81,21 @@ def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResul
         except TransformError as exc:
             res.errors["*"] = f"{_what(job, item)}: {exc}"
             break
-    for where, msg in res.errors.items():
-        p.ledger.event("failed", msg, job_id=job.id, path=item.path,
-                       sink=None if where == "*" else where)
-    state = "stored" if not res.errors else "failed"
-    p.ledger.record_artifact(job.id, item.path, kind=item.kind,
-                             key=item.keys[needed[0]] if needed else None,
-                             filename=res.filename, size=res.size, received=res.received,
-                             state=state, error="; ".join(res.errors.values()) or None)
+    with p.ledger.batch():  # everything this object adds to the ledger: one transaction
+        for out, stored in committed:
+            out.writer.forget()
+            p.ledger.record_copy(job.id, item.path, stored, received=res.received,
+                                 chain=out.facts, verified=True)
+            p.ledger.event("stored", stored.location or stored.key, job_id=job.id,
+                           path=item.path, sink=out.sink)
+        for where, msg in res.errors.items():
+            p.ledger.event("failed", msg, job_id=job.id, path=item.path,
+                           sink=None if where == "*" else where)
+        state = "stored" if not res.errors else "failed"
+        p.ledger.record_artifact(job.id, item.path, kind=item.kind,
+                                 key=item.keys[needed[0]] if needed else None,
+                                 filename=res.filename, size=res.size, received=res.received,
+                                 state=state, error="; ".join(res.errors.values()) or None)
     return res
 
 
@@ -97,7 +106,8 @@ def _chunks(p: "Pipeline", item: Item) -> tuple[Iterator[bytes], object]:
     return iter(dl), dl
 
 
-def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: ArtifactResult) -> None:
+def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: ArtifactResult,
+             committed: list) -> None:
     first = item.keys[needed[0]]
     head, own = p.chains(job, item.artifact, first)
     outs: dict[str, _Out] = {}
@@ -133,7 +143,9 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
         res.size = size
         res.received = head.digests("received")
         for name, out in list(outs.items()):
-            _commit(p, job, item, out, head, res)
+            stored = _commit(p, job, item, out, head, res)
+            if stored is not None:
+                committed.append((out, stored))
             del outs[name]
     finally:
         for out in outs.values():
@@ -153,27 +165,29 @@ def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
             del outs[name]
 
 
-def _commit(p, job: Job, item: Item, out: _Out, head, res: ArtifactResult) -> None:
+def _commit(p, job: Job, item: Item, out: _Out, head,
+            res: ArtifactResult) -> StoredObject | None:
+    """Commit and verify one sink's copy; the caller records it in the ledger (its pending
+    record goes in the same transaction as the copy row)."""
     digests = p.stored_for(head, out.chain)
     try:
-        stored = out.writer.commit(digests)
+        stored = out.writer.commit(digests, forget=False)
     except ConflictError as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: conflict: {exc}"
         p.ledger.event("conflict", str(exc), job_id=job.id, path=item.path, sink=out.sink)
         out.writer.abort()
-        return
+        return None
     except (ArchiverError, OSError) as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: commit failed: {exc}"
         out.writer.abort()
-        return
+        return None
     verified = stored.size == out.writer.written and (
         not stored.digests.get("sha256") or stored.digests["sha256"] == digests["sha256"])
     if not verified:
+        out.writer.forget()
         res.errors[out.sink] = (f"{_what(job, item)} sink {out.sink}: verification failed: "
                                 f"stored {stored.size} bytes, wrote {out.writer.written}")
-        return
+        return None
     res.copies[out.sink] = stored
-    p.ledger.record_copy(job.id, item.path, stored, received=head.digests("received"),
-                         chain=p.facts_for(head, out.chain), verified=True)
-    p.ledger.event("stored", stored.location or stored.key, job_id=job.id, path=item.path,
-                   sink=out.sink)
+    out.facts = p.facts_for(head, out.chain)
+    return stored

@@ -93,6 +93,18 @@ def client(ctx: Context, module: str, *args: str, what: str, timeout: float,
     return proc.measurement, proc.stdout
 
 
+def set_aside(trash: Path, *paths: Path) -> None:
+    """Move ``paths`` into ``trash`` (removed later, with :func:`remove`) instead of
+    deleting them now. On ext4 without a journal (this machine's disk) every file created
+    within minutes of a mass deletion makes the kernel scan past the deleted inodes
+    (``recently_deleted``): deleting one run's thousands of files would slow whichever
+    run comes next, whatever it is."""
+    trash.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        if p.exists():
+            p.rename(trash / f"{len(os.listdir(trash))}-{p.name}")
+
+
 def remove(*paths: Path) -> None:
     for p in paths:
         if p.is_dir():

@@ -90,8 +90,8 @@ def run(ctx: Context) -> ScenarioResult:
     res = ScenarioResult(KEY, TITLE, (
         "A single artifact streamed from the emulator to the local sink with a SHA-256, "
         "against `curl -H \"Authorization: Bearer …\" URL | tee FILE | sha256sum`. archiver "
-        "also fsyncs the file and its directory, writes job.json/result.json and its "
-        "SQLite ledger; the pipeline does none of that. Peak RSS is the largest single "
+        "also fsyncs the file and its directory, writes job.json, result.json, BagIt tag "
+        "files and its SQLite ledger; the pipeline does none of that. Peak RSS is the largest single "
         "process (for the pipeline: curl, tee or sha256sum)."))
     sizes = [ctx.size(GiB, 256 * MiB, 4 * MiB)]
     if ctx.large and not ctx.smoke:

@@ -1,3 +1,6 @@
+import itertools
+import json
+
 from archiver.ledger import ARCHIVED, INCOMPLETE, WAITING, open_ledger
 from archiver.model import Job, StoredObject
 
@@ -46,3 +49,44 @@ def test_survives_reopen(tmp_path):
     again = open_ledger(tmp_path)
     assert again.job_states() == {"job_3": ARCHIVED}
     again.close()
+
+
+def _chain(ledger):
+    from archiver.compliance.audit import verify_chain
+    rows = list(ledger.audit_rows())
+    return verify_chain(rows), [json.loads(line) for line, _h, _s in rows]
+
+
+def test_two_writers_on_one_ledger_keep_one_chain(tmp_path):
+    """Two connections (as two processes would) interleave records of one job: each sees
+    the other's records as the chain's and the job's previous ones."""
+    a, b = open_ledger(tmp_path), open_ledger(tmp_path)
+    for i in range(3):
+        a.event("note", f"a{i}", job_id="job_1")
+        b.event("note", f"b{i}", job_id="job_1")
+        with a.batch():
+            a.event("note", f"a{i}-x", job_id="job_1")
+            a.event("note", f"a{i}-y", job_id="job_2")
+    (brk, n), records = _chain(a)
+    assert brk is None and n == 12
+    job1 = [r for r in records if r["job_id"] == "job_1"]
+    assert [r["message"] for r in job1] == ["a0", "b0", "a0-x", "a1", "b1", "a1-x",
+                                            "a2", "b2", "a2-x"]
+    hashes = {r["seq"]: h for r, (_l, h, _s) in zip(records, a.audit_rows())}
+    for before, after in itertools.pairwise(job1):
+        assert after["job_prev"] == hashes[before["seq"]]
+
+
+def test_a_rolled_back_batch_leaves_no_trace_in_the_chain(tmp_path):
+    ledger = open_ledger(tmp_path)
+    ledger.event("note", "kept", job_id="job_1")
+    try:
+        with ledger.batch():
+            ledger.event("note", "dropped", job_id="job_1")
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    ledger.event("note", "after", job_id="job_1")
+    (brk, _n), records = _chain(ledger)
+    assert brk is None and [r["message"] for r in records] == ["kept", "after"]
+    assert records[1]["seq"] == 2

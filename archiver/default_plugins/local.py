@@ -32,6 +32,7 @@ from ..model import StoredObject
 
 READ_CHUNK = 1 << 20
 _TEMP = re.compile(r"\..*\.%%[0-9a-f]{16}\.partial", re.DOTALL)
+_INSIDE_CACHE = 4096  # directories remembered as resolving inside the root
 _TEMP_BASE_BYTES = 200  # keeps temporary names well below NAME_MAX (255 bytes)
 # errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
@@ -129,16 +130,32 @@ class LocalSink(Sink):
     def __init__(self, config: Config, label: str = ""):
         super().__init__(config, label)
         self.root = os.path.abspath(config.root)
+        # Existing directories already resolved inside the root: resolving every
+        # component of every key (realpath) was a tenth of the per-object CPU.
+        self._inside: dict[str, None] = {}
 
     # ------------------------------------------------------------------ helpers
     def _path(self, key: str) -> str:
         problem = _key_problem(key)
         if problem is None:
             path = os.path.join(self.root, *key.split("/"))
-            if _within(self.root, path):
+            if self._resolves_inside(path):
                 return path
             problem = "it leads outside the root through a symbolic link"
         raise SinkError(f"sink {self.label!r}: refusing key {key!r}: {problem}")
+
+    def _resolves_inside(self, path: str) -> bool:
+        """Does ``path`` lead to a place below the root (no symlink out of it)?"""
+        parent = os.path.dirname(path)
+        if parent not in self._inside:
+            if not _within(self.root, path):
+                return False
+            if os.path.isdir(parent):  # only existing directories: a later one is checked
+                if len(self._inside) >= _INSIDE_CACHE:
+                    self._inside.pop(next(iter(self._inside)))
+                self._inside[parent] = None
+            return True
+        return not os.path.islink(path) or _within(self.root, path)
 
     def _error(self, action: str, key: str, exc: OSError, cls=SinkError) -> SinkError:
         where = exc.filename or self.root

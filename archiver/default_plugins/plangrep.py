@@ -35,7 +35,7 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from pydantic import Field, SecretStr, field_validator
@@ -48,11 +48,13 @@ from ..hookspecs import hookimpl
 from ..model import Artifact, Job
 from ..retry import RetryPolicy
 from . import plangrep_artifacts
+from .plangrep_direct import DirectGetter
 from .plangrep_http import (
     BODY_ERRORS,
     BearerAuth,
     PlangrepDownload,
     Scrubber,
+    Session,
     error_from_exception,
     error_from_response,
     origin,
@@ -118,7 +120,7 @@ class PlangrepSource(Source):
         self.retry_policy = retry_policy or RetryPolicy(
             config.retries, config.backoff_base, config.backoff_max)
         self.pool_size = pool_size or config.pool_size
-        session = requests.Session()
+        session = Session()
         # max_retries=0: urllib3 must not retry behind our back (Retry-After, counting).
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
         session.mount("http://", adapter)
@@ -129,6 +131,7 @@ class PlangrepSource(Source):
             "Accept-Encoding": "identity",
         })
         self._session = session
+        self._direct = DirectGetter(session, self.base_url, config.api_key, self._timeout)
 
     def __repr__(self) -> str:
         return (f"PlangrepSource(base_url={self.base_url!r}, projects={self.config.projects!r}, "
@@ -142,8 +145,12 @@ class PlangrepSource(Source):
     def _send(self, url: str, what: str, params: dict | None = None) -> requests.Response:
         """One attempt: the response with its body unread, or a classified SourceError."""
         try:
-            resp = self._session.get(url, params=params, stream=True, timeout=self._timeout)
-        except requests.RequestException as exc:
+            if params is not None and self._direct.enabled:  # artifact GETs: see its module
+                resp = self._direct.get(f"{url}?{urlencode(params)}")
+            else:
+                resp = self._session.get(url, params=params, stream=True,
+                                         timeout=self._timeout)
+        except (requests.RequestException, *BODY_ERRORS) as exc:
             raise error_from_exception(exc, what, self._scrub) from None
         log.debug("GET %s -> %s", what, resp.status_code)
         if not 200 <= resp.status_code < 300 or resp.status_code == 206:

@@ -7,10 +7,9 @@ URLs and discarding the bodies. What a Python client can pull from the emulator 
 
 import os
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
+from benchmarks.clients import thread_session
 
 
 def main(argv):
@@ -18,12 +17,10 @@ def main(argv):
         urls = [line.strip() for line in f if line.strip()]
     concurrency = int(argv[1])
     headers = {"Authorization": f"Bearer {os.environ['PLANGREP_API_KEY']}"}
-    local = threading.local()
+    session_of_thread = thread_session()
 
     def fetch(url):
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
+        session = session_of_thread()
         r = session.get(url, headers=headers, timeout=60)
         r.raise_for_status()
         return len(r.content)

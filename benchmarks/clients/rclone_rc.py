@@ -11,11 +11,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+
+from benchmarks.clients import thread_session
 
 
 def free_port():
@@ -45,13 +46,11 @@ def main(argv):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("rclone rcd did not start")
                 time.sleep(0.02)
-        local = threading.local()
+        session_of_thread = thread_session()
 
         def copy(item):
             i, url = item
-            session = getattr(local, "session", None)
-            if session is None:
-                session = local.session = requests.Session()
+            session = session_of_thread()
             r = session.post(f"{rc}/operations/copyurl", timeout=120,
                              json={"fs": out, "remote": f"{i}.bin", "url": url})
             if r.status_code != 200:

@@ -176,6 +176,24 @@ def test_symlink_inside_root_cannot_lead_out(tmp_path):
     assert os.listdir(outside) == []
 
 
+def test_symlink_appearing_in_a_directory_already_written_to_is_refused(tmp_path):
+    """Directories already resolved are remembered; links made in them later are not."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    sink = make(tmp_path / "root")
+    store(sink, "job/a/first", b"x")
+    store(sink, "job/a/second", b"y")  # job/a exists now: remembered as inside
+    os.symlink(outside / "secret", tmp_path / "root" / "job" / "a" / "file-link")
+    os.symlink(outside, tmp_path / "root" / "job" / "a" / "dir-link")
+    with pytest.raises(SinkError, match="symbolic link"):
+        sink.stat("job/a/file-link")
+    with pytest.raises(SinkError, match="symbolic link"):
+        sink.open_writer("job/a/dir-link/x")
+    store(sink, "job/a/third", b"z")
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
 def test_root_itself_may_be_a_symlink(tmp_path):
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real", tmp_path / "root")
