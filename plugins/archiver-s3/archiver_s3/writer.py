@@ -4,7 +4,9 @@ Bytes are buffered up to ``multipart_threshold``. If the object ends below it, `
 sends one PutObject. On the first byte beyond it the writer creates a multipart upload and
 from then on cuts ``part_size`` parts, uploading at most ``max_parts_in_flight`` at once on
 a small thread pool; ``write`` blocks while that many are in flight, so one writer holds at
-most ``max(multipart_threshold, part_size) + max_parts_in_flight * part_size`` bytes.
+most ``max(multipart_threshold, part_size) + max_parts_in_flight * part_size`` bytes. Part
+buffers are allocated once and reused, and reach boto3 as seekable views (:class:`_Body`),
+which it signs and sends without copying.
 
 boto3's ``upload_fileobj`` is not used: it pulls from a file object and, fed a stream with
 short reads, silently falls back to a single PutObject. Both PutObject and
@@ -20,6 +22,7 @@ parts that finish after an abort.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
@@ -40,6 +43,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("archiver_s3.writer")
 
 
+class _Body(io.RawIOBase):
+    """A seekable, read-only view of a buffer, handed to boto3 as a request body.
+
+    boto3 with ``botocore[crt]`` signs a bytes-like body by first copying it into a
+    ``BytesIO``: one more part-sized copy per part in flight (measured: peak RSS of a
+    1 GiB upload 300 MiB against a declared 80 MiB). A seekable body it reads in place.
+    """
+
+    def __init__(self, data: bytes | bytearray):
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+
 class S3Writer(Writer):
     """Writes one object at ``key``; see the module docstring for the protocol.
 
@@ -58,7 +97,9 @@ class S3Writer(Writer):
         self._metadata = metadata
         self._cond = threading.Condition()
         self._state = "open"   # open | committing | committed | failed | aborted | discarded
-        self._buf = bytearray()
+        self._buf = bytearray()  # below the threshold: the object so far; then: one part
+        self._fill = 0  # bytes of the current part in _buf (multipart phase)
+        self._free: list[bytearray] = []  # part buffers uploaded parts gave back
         self._running = checksums.Running(self._algorithm)
         self.size = 0
         self._upload_id: str | None = None
@@ -126,12 +167,22 @@ class S3Writer(Writer):
             return
         view = memoryview(chunk).cast("B")
         while view:
-            room = self._part_size - len(self._buf)
-            self._buf += view[:room]
-            view = view[room:]
-            if len(self._buf) == self._part_size:
-                part, self._buf = self._buf, bytearray()
+            n = min(self._part_size - self._fill, len(view))
+            self._buf[self._fill:self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self._part_size:
+                part, self._buf, self._fill = self._buf, self._spare(), 0
                 self._submit(part)
+
+    def _spare(self) -> bytearray:
+        """A part-sized buffer: one an uploaded part gave back, else a new one. Reusing
+        them keeps memory at the declared bound; growing and dropping a new buffer per
+        part measured about twice the bound in RSS (the allocator keeps freed blocks)."""
+        with self._cond:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self._part_size)
 
     def _start_multipart(self) -> None:
         params = self._sink.object_params(self.full_key, self._metadata)
@@ -156,13 +207,24 @@ class S3Writer(Writer):
         log.debug("%s: multipart upload %s started", self._where(), upload_id)
 
     def _cut_buffered_parts(self) -> None:
-        """After the threshold overflowed: send every whole part the buffer holds."""
-        data, self._buf = self._buf, bytearray()
+        """After the threshold overflowed: send every whole part the buffer holds. The
+        buffer itself becomes the first part (cut in place); the others are copied into
+        part buffers, and so is what remains."""
+        data = self._buf
         full = len(data) // self._part_size * self._part_size
         with memoryview(data) as view:
-            for start in range(0, full, self._part_size):
-                self._submit(bytes(view[start:start + self._part_size]))
-            self._buf = bytearray(view[full:])
+            rest = []
+            for start in range(self._part_size, full, self._part_size):
+                part = self._spare()
+                part[:] = view[start:start + self._part_size]
+                rest.append(part)
+            self._buf, self._fill = self._spare(), len(data) - full
+            self._buf[:self._fill] = view[full:]
+        if full:
+            del data[self._part_size:]
+            self._submit(data)
+        for part in rest:
+            self._submit(part)
 
     def _submit(self, part: bytes | bytearray) -> None:
         with self._cond:
@@ -210,7 +272,7 @@ class S3Writer(Writer):
         name = f"Checksum{self._algorithm}"
         resp = self._sink.client.upload_part(
             Bucket=self._bucket, Key=self.full_key, UploadId=self._upload_id,
-            PartNumber=number, Body=data, ContentLength=len(data),
+            PartNumber=number, Body=_Body(data), ContentLength=len(data),
             ChecksumAlgorithm=self._algorithm, **{name: value})
         if resp.get(name) not in (None, value):
             raise SinkError(f"S3 reports checksum {resp.get(name)} for part {number}, "
@@ -219,6 +281,9 @@ class S3Writer(Writer):
             self._parts[number] = {"PartNumber": number, "ETag": resp["ETag"], name: value}
             self._part_digests[number] = digest
             self.stats["parts"] += 1
+            if (len(data) == self._part_size and len(self._free) < self._max_in_flight
+                    and self._state in ("open", "committing")):
+                self._free.append(data)  # boto3 is done with it: write() may refill it
 
     def _drain(self) -> None:
         """Wait until no part is in flight; raise the first part failure."""
@@ -269,7 +334,7 @@ class S3Writer(Writer):
         body, self._buf = self._buf, bytearray()  # handed over whole: no copy
         try:
             resp = self._sink.conditional(
-                self._sink.client.put_object, Body=body, IfNoneMatch="*",
+                self._sink.client.put_object, Body=_Body(body), IfNoneMatch="*",
                 **{f"Checksum{self._algorithm}": expected}, **params)
         except Exception as exc:
             if awserrors.code(exc) in awserrors.PRECONDITION_FAILED:
@@ -280,8 +345,10 @@ class S3Writer(Writer):
                                         self.size)
 
     def _complete(self, sha256: str, digests: dict[str, str]) -> StoredObject:
-        if self._buf or self._next_part == 1:
+        if self._fill or self._next_part == 1:
             part, self._buf = self._buf, bytearray()
+            del part[self._fill:]  # the last part: shrunk in place, not copied
+            self._fill = 0
             self._submit(part)
         self._drain()
         parts = [self._parts[n] for n in sorted(self._parts)]
@@ -327,7 +394,8 @@ class S3Writer(Writer):
             self._state = state
             self._cond.notify_all()  # wakes a write() waiting for a part slot
             busy = self.stats["in_flight"] > 0
-        self._buf = bytearray()
+            self._free.clear()
+        self._buf, self._fill = bytearray(), 0
         try:
             if self._upload_id:
                 self._abort_upload()
