@@ -5,8 +5,8 @@ sends one PutObject. On the first byte beyond it the writer creates a multipart 
 from then on cuts ``part_size`` parts, uploading at most ``max_parts_in_flight`` at once on
 a small thread pool; ``write`` blocks while that many are in flight, so one writer holds at
 most ``max(multipart_threshold, part_size) + max_parts_in_flight * part_size`` bytes. Part
-buffers are allocated once and reused, and reach boto3 as seekable views (:class:`~archiver_s3.body.BufferBody`),
-which it signs and sends without copying.
+buffers are allocated once and reused, and reach boto3 as seekable views
+(:class:`~archiver_s3.body.BufferBody`), which it signs and sends without copying.
 
 boto3's ``upload_fileobj`` is not used: it pulls from a file object and, fed a stream with
 short reads, silently falls back to a single PutObject. Both PutObject and
