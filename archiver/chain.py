@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from .components import ArtifactContext, Stage, Transform
-from .default_plugins.checksum import digest_stage
+from .digests import digest_stage
 from .errors import TransformError
 
 

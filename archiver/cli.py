@@ -18,12 +18,9 @@ import click
 
 from . import __version__
 
-EXIT_CONFIG = 2
+from .commands import EXIT_CONFIG, config_option, fail, json_option, open_runtime, stop_signals
 
-
-def _fail(message: str, code: int = EXIT_CONFIG) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+_fail = fail
 
 
 def _plugins():
@@ -35,21 +32,12 @@ def _plugins():
         _fail(str(exc))
 
 
-def _load(config_file: str, plugins=None, require_env: bool = True):
-    from .config import load_config
-    from .errors import ConfigError
-    plugins = plugins or _plugins()
-    try:
-        return plugins, load_config(config_file, plugins.registry, require_env=require_env)
-    except ConfigError as exc:
-        _fail(str(exc))
-
-
 # Commands of the built-in plugins, listed by ``--help`` without importing them: loading
 # every plugin costs ~0.5 s (pydantic models, requests), which ``--help`` should not pay.
 # A test checks this table against what the plugins really register.
 BUILTIN_PLUGIN_COMMANDS = {
     "audit": "The tamper-evident audit log.",
+    "ledger": "The ledger: schema version, migrations, workers.",
     "replicate": "Copy archived jobs (payload and bag) from one sink to another.",
     "serve": "watch + a webhook endpoint, /healthz and /metrics.",
     "verify": "Re-read stored objects and compare them with the ledger and bags.",
@@ -97,48 +85,20 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-config_option = click.option("-c", "--config", "config_file", required=True,
-                             type=click.Path(dir_okay=False), help="The YAML file.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-@contextmanager
-def _signals(pipeline):
-    """First SIGINT/SIGTERM: stop and abort in-flight writers cleanly; second: exit now."""
-    hits = []
-
-    def handler(signum, frame):
-        hits.append(signum)
-        if len(hits) > 1:
-            raise KeyboardInterrupt
-        click.echo("stopping: aborting in-flight writes (again to force)", err=True)
-        pipeline.request_stop()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _run(config_file: str, job_ids, as_json: bool, dry_run: bool = False) -> None:
-    from .ledger import open_ledger
-    from .pipeline import Pipeline
+def _run(config_file: str, job_ids, as_json: bool, dry_run: bool = False,
+         workers: int | None = None) -> None:
     from .progress import Progress
-    plugins, loaded = _load(config_file)
     if dry_run:
-        from .compliance.plan import run_plan
-        sys.exit(run_plan(loaded, plugins, job_ids, as_json))
-    ledger = open_ledger(loaded.settings.state_dir)
+        from .dryrun import run_plan
+        sys.exit(run_plan(config_file, job_ids, as_json))
     progress = Progress(enabled=not as_json and sys.stderr.isatty())
-    pipeline = Pipeline(loaded, plugins, ledger, on_progress=progress.update)
+    rt = open_runtime(config_file, on_progress=progress.update)
+    n = workers if workers is not None else rt.settings.workers
     try:
-        with _signals(pipeline), progress:
-            report = pipeline.run(job_ids)
+        with progress:
+            report = _pass(rt, config_file, job_ids, n)
     finally:
-        pipeline.close()
-        ledger.close()
+        rt.close()
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -146,11 +106,29 @@ def _run(config_file: str, job_ids, as_json: bool, dry_run: bool = False) -> Non
     sys.exit(report.exit_code)
 
 
+def _pass(rt, config_file: str, job_ids, n: int):
+    """Preflight, recovery of dead writers, then one pass in this process or with ``n``
+    worker processes; SIGINT/SIGTERM abort in-flight writers (nothing partial kept)."""
+    from .api import run
+    with stop_signals(rt):
+        return run(rt, job_ids=job_ids, workers=n, verbosity=_verbosity())
+
+
+def _verbosity() -> int:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return int(root.params.get("verbose", 0)) if root is not None else 0
+
+
 def _print_report(report) -> None:
     click.echo(f"archived {len(report.archived)} job(s), {report.objects_written} object(s) "
                f"written, {report.bytes_received} bytes received; "
                f"{report.skipped} already archived, {len(report.nothing_to_store)} with nothing "
                f"to store, {len(report.waiting)} not finished yet")
+    for job_id, holder in sorted(report.busy.items()):
+        click.echo(f"BUSY {job_id}: {holder}; not touched by this run", err=True)
+    for job_id, why in sorted(report.parked.items()):
+        click.echo(f"PARKED {job_id}: {why}", err=True)
     for job_id, problems in sorted(report.incomplete.items()):
         click.echo(f"INCOMPLETE {job_id}:", err=True)
         for p in problems:
@@ -167,13 +145,18 @@ dry_run_option = click.option("--dry-run", is_flag=True, help="List each job and
                               "its key and retention in each sink; write nothing.")
 
 
+workers_option = click.option("--workers", type=click.IntRange(min=1, max=64), default=None,
+                              help="Worker processes (default: workers: in the config, 1).")
+
+
 @cli.command()
 @config_option
 @json_option
 @dry_run_option
-def run(config_file: str, as_json: bool, dry_run: bool) -> None:
+@workers_option
+def run(config_file: str, as_json: bool, dry_run: bool, workers: int | None) -> None:
     """One pass over every terminal job not yet archived."""
-    _run(config_file, None, as_json, dry_run)
+    _run(config_file, None, as_json, dry_run, workers)
 
 
 @cli.command()
@@ -192,16 +175,16 @@ def archive(config_file: str, as_json: bool, dry_run: bool, job_ids) -> None:
 @click.option("--job", "job_id", help="Show every stored copy of one job.")
 def status(config_file: str, as_json: bool, job_id: str | None) -> None:
     """Jobs archived / incomplete / lost, and bytes per sink, from the ledger."""
-    from .ledger import open_ledger
-    _, loaded = _load(config_file, require_env=False)  # reads the ledger only: no secrets
-    ledger = open_ledger(loaded.settings.state_dir)
+    # reads the ledger only: no secrets, and a missing ledger is an error, not a new one
+    rt = open_runtime(config_file, require_env=False, create=False)
+    ledger = rt.ledger
     try:
         data = ledger.summary()
         if job_id:
             data["job"] = ledger.job_report(job_id)
             data["events"] = ledger.events(job_id)
     finally:
-        ledger.close()
+        rt.close()
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -222,33 +205,64 @@ def status(config_file: str, as_json: bool, job_id: str | None) -> None:
 
 @cli.command()
 @config_option
-@click.option("--older-than", default="1d", show_default=True,
-              help="Only leftovers older than this (e.g. 30m, 12h, 1d).")
-def cleanup(config_file: str, older_than: str) -> None:
-    """Remove what crashed writers left: temporary files, open multipart uploads."""
+@json_option
+@click.option("--older-than", default=None,
+              help="Leftovers found by listing the store: only those older than this "
+                   "(e.g. 30m, 12h, 1d; default 1d, or 0 with --force).")
+@click.option("--force", is_flag=True, help="Discard every recorded writer, live or not: "
+              "only when nothing else runs on this ledger.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+def cleanup(config_file: str, as_json: bool, older_than: str | None, force: bool,
+            dry_run: bool) -> None:
+    """Remove what dead writers left: temporary files, open multipart uploads."""
     from .errors import ArchiverError
-    from .ledger import open_ledger
-    from .pipeline import Pipeline
-    seconds = _duration(older_than)
-    plugins, loaded = _load(config_file)
-    ledger = open_ledger(loaded.settings.state_dir)
-    pipeline = Pipeline(loaded, plugins, ledger)
+    from .recovery import recover_dead_writers
+    seconds = _duration(older_than) if older_than is not None else (0.0 if force else 86400.0)
+    rt = open_runtime(config_file, require_env=False, create=False)  # no API call: no key
+    failed: list[str] = []
+    removed: dict[str, list[str]] = {}
     try:
-        n = pipeline.recover()
-        click.echo(f"discarded {n} writer(s) recorded in the ledger")
-        failed = False
-        for name, sink in pipeline.sinks.items():
-            try:
-                for item in sink.cleanup(seconds):
-                    click.echo(f"{name}: removed {item}")
-            except ArchiverError as exc:
-                click.echo(f"error: sink {name}: {exc}", err=True)
-                failed = True
-        if failed:
-            sys.exit(3)
+        rec = recover_dead_writers(rt, force=force, dry_run=dry_run)
+        if not dry_run:
+            for name, sink in rt.sinks.items():
+                try:
+                    removed[name] = list(sink.cleanup(seconds))
+                except ArchiverError as exc:
+                    failed.append(f"sink {name}: {exc}")
     finally:
-        pipeline.close()
-        ledger.close()
+        rt.close()
+    failed += rec.failed
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "discarded": rec.discarded,
+                               "live_writers_left_alone": rec.live,
+                               "other_hosts_writers_left_alone": rec.elsewhere,
+                               "removed_by_listing": removed, "errors": failed}, indent=2))
+    else:
+        verb = "would discard" if dry_run else "discarded"
+        click.echo(f"{verb} {len(rec.discarded)} dead writer(s) recorded in the ledger; "
+                   f"left alone {rec.live} live writer(s)"
+                   + (f" and {rec.elsewhere} of other hosts" if rec.elsewhere else ""))
+        for what in rec.discarded:
+            click.echo(f"  {what}")
+        for name, items in removed.items():
+            for item in items:
+                click.echo(f"{name}: removed {item}")
+        for msg in failed:
+            click.echo(f"error: {msg}", err=True)
+    if failed:
+        sys.exit(3)
+
+
+@cli.command()
+@config_option
+@click.option("--drain", is_flag=True, help="Stop once nothing is left to claim.")
+@click.option("--jsonl", is_flag=True, help="Events on stdout, one JSON object per line "
+              "(how a supervisor reads its workers).")
+@click.option("--since", type=float, default=None, hidden=True)
+def worker(config_file: str, drain: bool, jsonl: bool, since: float | None) -> None:
+    """Claim queued jobs from the ledger, soonest expiry first, and archive them."""
+    from .workers.main import main as worker_main
+    sys.exit(worker_main(config_file, drain=drain, jsonl=jsonl, since=since))
 
 
 def _duration(text: str) -> float:
@@ -269,7 +283,12 @@ def config_group() -> None:
 @click.option("--online", is_flag=True, help="Also run each sink's preflight (network).")
 def config_check(config_file: str, online: bool) -> None:
     """Validate FILE without any network or disk I/O (unless --online)."""
-    plugins, loaded = _load(config_file)
+    from .errors import ConfigError, PluginError
+    from .runtime import load_config_file
+    try:
+        _, loaded = load_config_file(config_file)
+    except (ConfigError, PluginError) as exc:
+        _fail(str(exc))
     if online:
         from .errors import ArchiverError
         for built in loaded.sinks:

@@ -192,7 +192,14 @@ class Writer:
 
 
 class Sink(Component):
-    """Stores objects under keys. ``label`` is the sink's configured ``name``."""
+    """Stores objects under keys. ``label`` is the sink's configured ``name``.
+
+    ``host_local``: the writers' pending tokens name something only the host that wrote
+    them can reach (a temporary file path), so crash recovery discards them only on that
+    host; tokens of other sinks (upload ids, session URLs) are discarded from any host.
+    """
+
+    host_local: bool = False
 
     def __init__(self, config: ComponentConfig, label: str = ""):
         super().__init__(config)
@@ -210,7 +217,11 @@ class Sink(Component):
         raise NotImplementedError
 
     def discard(self, pending: str) -> None:
-        """Remove what a crashed writer left behind (its ``pending`` token)."""
+        """Remove what a crashed writer left behind (its ``pending`` token).
+
+        Called only once the writer's owner is dead (:mod:`archiver.recovery`), or by
+        ``archiver cleanup --force``; the writer may still be open only if that process
+        was wrongly declared dead, which the lease rules make a matter of minutes."""
 
     def preflight(self) -> None:
         """Online checks before any download (bucket exists, writable, ...).

@@ -1,169 +1,50 @@
 """YAML configuration: parse, interpolate ``${VAR}``, validate into typed models.
 
 Every error names the YAML path at fault (``sinks[1].root``) and, where the YAML parser
-knows it, the line. Validation performs no network or disk I/O: component configs are
-checked against the ``Config`` model of the registered component class only.
+knows it, the line. Validation performs no network or disk I/O (beyond reading the file):
+component configs are checked against the ``Config`` model of the registered component
+class only, and the core imports no plugin.
 
 Relative paths (``state_dir``, a local sink's ``root``) are relative to the working
-directory the command runs in, as with the AWS CLI and rclone.
+directory the command runs in, as with the AWS CLI and rclone. A leading ``~`` or
+``~user`` is expanded in every field typed ``Path`` (ours and the components').
+
+The models live in :mod:`archiver.config_settings`, the YAML layer (limits, line numbers,
+``${VAR}``, messages) in :mod:`archiver.config_yaml`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ByteSize,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from .components import ComponentConfig
+from .config_settings import (
+    BAG_INFO_RESERVED,
+    BagitSettings,
+    ComponentSpec,
+    LeaseSettings,
+    LedgerSettings,
+    Seconds,
+    ServeSettings,
+    Settings,
+    SinkSpec,
+    WatchSettings,
+    WebhookSecrets,
 )
-
-from .components import ComponentConfig, no_repeats
-from .errors import ConfigError, PluginError
+from .config_yaml import Errors, Interpolation, parse_yaml, read_text
+from .errors import PluginError
 from .registry import Registry
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ComponentSpec(_Strict):
-    """``type`` plus the component's own keys (validated by the component's Config)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-
-class SinkSpec(ComponentSpec):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    transforms: list[ComponentSpec] = []
-
-
-# --------------------------------------------------------------------------- watch / serve
-# Optional sections of `archiver watch` / `archiver serve` (docs/operations.md).
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _seconds(value: Any) -> Any:
-    """A duration: a number of seconds or ``"30s"``, ``"5m"``, ``"24h"``, ``"7d"``."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-        if not m:
-            raise ValueError(f"not a duration: {value!r} (e.g. 30, 30s, 5m, 24h, 1d)")
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    return value
-
-
-Seconds = typing.Annotated[float, BeforeValidator(_seconds)]
-
-
-class WatchSettings(_Strict):
-    """``watch:`` (used by ``archiver watch`` and ``archiver serve``)."""
-
-    poll_interval: Seconds = 30.0
-    expiry_warning: Seconds = Field(86400.0, ge=0)
-    grace_period: Seconds = Field(30.0, ge=0)
-    retry_max_delay: Seconds = Field(900.0, ge=1)
-
-    @field_validator("poll_interval")
-    @classmethod
-    def _not_too_fast(cls, value: float) -> float:
-        if value < 5:
-            raise ValueError("must be at least 5 seconds: the API asks not to be polled faster")
-        return value
-
-
-class WebhookSecrets(_Strict):
-    """Where webhook signing secrets come from (``default`` is held as a secret)."""
-
-    default: SecretStr | None = None
-    per_job_file: Path | None = None   # YAML/JSON mapping job id -> secret
-    per_job_dir: Path | None = None    # one file per job, named by the job id
-
-
-class ServeSettings(_Strict):
-    """``serve:`` the HTTP endpoint of ``archiver serve`` (webhooks, /healthz, /metrics)."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(8787, ge=0, le=65535)
-    path: str = Field("/webhooks/plangrep", pattern=r"^/[!-~]*$")
-    secrets: WebhookSecrets = Field(default_factory=WebhookSecrets)
-    timestamp_tolerance: Seconds = Field(300.0, gt=0)
-    insecure_accept_unsigned: bool = False
-    queue_size: int = Field(1000, ge=1, le=1_000_000)
-    dedupe_size: int = Field(10_000, ge=1, le=10_000_000)
-    max_body_bytes: ByteSize = Field(ByteSize(1 << 20), ge=1024, le=64 << 20)
-    max_connections: int = Field(64, ge=1, le=4096)
-
-
-# bag-info.txt labels archiver writes itself (archiver.compliance.bagit).
-BAG_INFO_RESERVED = frozenset({"bagging-date", "payload-oxum", "external-identifier",
-                               "bag-software-agent", "plangrep-project-id",
-                               "archiver-version", "bag-size"})
-
-
-class BagitSettings(_Strict):
-    """``bagit:``: the BagIt tag files written beside ``data/`` of every archived job."""
-
-    enabled: bool = True
-    algorithms: list[Literal["sha256", "sha512", "sha1", "md5"]] = ["sha256"]
-    info: dict[str, str | list[str]] = {}
-
-    @field_validator("algorithms")
-    @classmethod
-    def _algorithms(cls, algos: list[str]) -> list[str]:
-        if "sha256" not in algos:
-            raise ValueError("sha256 is required (manifest-sha256.txt is always written)")
-        return no_repeats(algos)
-
-    @field_validator("info")
-    @classmethod
-    def _info(cls, info: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
-        for label in info:
-            if label != label.strip() or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}",
-                                                           label):
-                raise ValueError(f"bag-info label {label!r}: letters, digits, space, '.', '_', "
-                                 "'-' (no ':')")
-            if label.lower() in BAG_INFO_RESERVED:
-                raise ValueError(f"bag-info label {label!r} is written by archiver itself")
-        return info
-
-
-class Settings(_Strict):
-    source: ComponentSpec
-    transforms: list[ComponentSpec] = []
-    sinks: list[SinkSpec] = Field(min_length=1)
-    state_dir: Path = Path(".archiver")
-    concurrency: int = Field(8, ge=1, le=256)
-    chunk_size: ByteSize = Field(ByteSize(1 << 20), ge=4096, le=64 << 20)
-    artifact_attempts: int = Field(4, ge=1, le=50)
-    bagit: BagitSettings = Field(default_factory=BagitSettings)
-    watch: WatchSettings = Field(default_factory=WatchSettings)
-    serve: ServeSettings = Field(default_factory=ServeSettings)
-
-    @field_validator("sinks")
-    @classmethod
-    def _unique_names(cls, sinks: list[SinkSpec]) -> list[SinkSpec]:
-        seen: set[str] = set()
-        for sink in sinks:
-            if sink.name in seen:
-                raise ValueError(f"sink name {sink.name!r} is used twice")
-            seen.add(sink.name)
-        return sinks
+__all__ = ["BAG_INFO_RESERVED", "BagitSettings", "Built", "ComponentSpec", "LeaseSettings",
+           "LedgerSettings", "LoadedConfig", "Seconds", "ServeSettings", "Settings", "SinkSpec",
+           "WatchSettings", "WebhookSecrets", "load_config", "parse_yaml"]
 
 
 @dataclass
@@ -184,110 +65,145 @@ class LoadedConfig:
     sinks: list[Built]
     sink_transforms: dict[str, list[Built]] = field(default_factory=dict)
     file: str = ""
+    #: ``file:line: path: problem`` lines worth showing but not fatal (literal secrets).
+    warnings: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- YAML
+# --------------------------------------------------------------------------- ~ in paths
 
-def _line_map(node: yaml.Node, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
-    """YAML path -> 1-based line, for error messages."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            sub = f"{path}.{k.value}" if path else str(k.value)
-            out[sub] = k.start_mark.line + 1
-            _line_map(v, sub, out)
-            out[sub] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_map(v, f"{path}[{i}]", out)
+def _is_path(a: Any) -> bool:
+    return isinstance(a, type) and issubclass(a, PurePath)
+
+
+def _path_kind(ann: Any) -> str | None:
+    """``"one"`` for ``Path`` / ``Path | None``, ``"list"`` for ``list[Path]``, else None."""
+    if _is_path(ann):
+        return "one"
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) in (list, tuple) and args and _is_path(args[0]):
+        return "list"
+    if any(_is_path(a) for a in args) and all(_is_path(a) or a is type(None) for a in args):
+        return "one"
+    return None
+
+
+def _expand_one(value: Any, path: str, errors: Errors) -> Any:
+    if not (isinstance(value, str) and value.startswith("~")):
+        return value
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        user = value[1:].split("/", 1)[0]
+        who = f"no user {user!r}" if user else "no home directory (HOME)"
+        errors.add(path, f"cannot expand {value.split('/', 1)[0]}: {who}")
+    return expanded
+
+
+def _models_in(ann: Any) -> type[BaseModel] | None:
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _expand_home(model: type[BaseModel], data: Any, path: str, errors: Errors) -> Any:
+    """``data`` with ``~`` expanded in the values of ``model``'s Path fields (recursively).
+
+    Done on the YAML values, before validation, so that the model's own validators see
+    the real path; driven by annotations, so it works for every plugin without knowing it."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in data.items():
+        info = model.model_fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            continue
+        sub = f"{path}.{key}" if path else key
+        ann = info.annotation
+        kind = _path_kind(ann)
+        if kind == "one":
+            out[key] = _expand_one(value, sub, errors)
+        elif kind == "list" and isinstance(value, list):
+            out[key] = [_expand_one(v, f"{sub}[{i}]", errors) for i, v in enumerate(value)]
+        elif (nested := _models_in(ann)) is not None:
+            if isinstance(value, list):
+                out[key] = [_expand_home(nested, v, f"{sub}[{i}]", errors)
+                            for i, v in enumerate(value)]
+            else:
+                out[key] = _expand_home(nested, value, sub, errors)
     return out
 
 
-def _interpolate(value: Any, path: str, env: dict[str, str], errors: _Errors) -> Any:
-    """Replace ``${VAR}`` in every string (``$$`` is a literal ``$``); unset is an error."""
-    if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env, errors)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", env, errors) for i, v in enumerate(value)]
-    if isinstance(value, str):
-        def sub(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            if m.group(1) not in env:
-                if errors is None:
-                    return m.group(0)  # left as written; the caller needs no secret
-                errors.add(path, f"environment variable {m.group(1)} is not set")
-                return ""
-            return env[m.group(1)]
-        return _VAR.sub(sub, value)
-    return value
+# --------------------------------------------------------------------------- checks
+
+def _env_name(*parts: str) -> str:
+    return "_".join(p for p in parts if p).upper().replace("-", "_").replace(".", "_")
 
 
-def _fmt_loc(loc: tuple, prefix: str = "") -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
+_SETTINGS_SECRETS = {"serve.secrets.default": "PLANGREP_WEBHOOK_SECRET",
+                     "ledger.url": "ARCHIVER_LEDGER_URL"}
+
+
+def _literal_secrets(value: Any, path: str, var: str, used: set[str], errors: Errors,
+                     out: list[str]) -> None:
+    """Warn for each SecretStr written into the file itself rather than as ``${VAR}``."""
+    if isinstance(value, SecretStr):
+        if path in errors.lines and path not in used:
+            out.append(f"{errors.where(path)}{path}: a literal secret in the config file; "
+                       f"use ${{{var}}}")
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            _literal_secrets(getattr(value, name), f"{path}.{name}",
+                             _SETTINGS_SECRETS.get(f"{path}.{name}") or f"{var}_{name.upper()}",
+                             used, errors, out)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _literal_secrets(v, f"{path}[{i}]", var, used, errors, out)
+
+
+def _shared_stores(sinks: list[Built], errors: Errors) -> None:
+    """Two sinks writing into one directory or bucket prefix would overwrite each other's
+    objects and confuse each other's cleanup: name both."""
+    first: dict[tuple, str] = {}
+    for built in sinks:
+        cfg = built.config
+        root, bucket = getattr(cfg, "root", None), getattr(cfg, "bucket", None)
+        if isinstance(root, (str, os.PathLike)):
+            where = os.path.normpath(os.path.abspath(os.fspath(root)))
+            key: tuple = ("root", where)
+            what, at = f"directory ({where})", f"{built.path}.root"
+        elif isinstance(bucket, str):
+            prefix = str(getattr(cfg, "prefix", "") or "").strip("/")
+            # s3 and gcs buckets (or two S3 endpoints) are different stores.
+            key = ("bucket", built.cls.name, getattr(cfg, "endpoint_url", None), bucket, prefix)
+            what, at = f"bucket and prefix ({bucket}/{prefix})", f"{built.path}.bucket"
         else:
-            out += f".{part}" if out else str(part)
-    return out
+            continue
+        if key in first:
+            errors.add(at, f"the same {what} as {first[key]}: two sinks must not share one")
+        else:
+            first[key] = at
 
 
-class _Errors:
-    def __init__(self, file: str, lines: dict[str, int]):
-        self.file, self.lines, self.items = file, lines, []
-
-    def add(self, path: str, msg: str) -> None:
-        line, probe = None, path
-        while probe and line is None:
-            line = self.lines.get(probe)
-            probe = re.sub(r"(\.[^.\[\]]+|\[\d+\])$", "", probe) if line is None else probe
-        where = f"{self.file}:{line}: " if line else f"{self.file}: "
-        self.items.append(f"{where}{path or '(top level)'}: {msg}")
-
-    def add_validation(self, exc: ValidationError, prefix: str = "") -> None:
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = tuple(p for p in err["loc"]
-                        if not (isinstance(p, str) and p.startswith("function-")))
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            self.add(_fmt_loc(loc, prefix), msg)
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError("invalid configuration:\n  " + "\n  ".join(self.items))
-
-
-def parse_yaml(text: str, file: str = "<config>") -> tuple[Any, dict[str, int]]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark else file
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    if node is None or not isinstance(data, dict):
-        raise ConfigError(f"{file}: the configuration must be a YAML mapping")
-    return data, _line_map(node)
-
-
-def _build(reg: Registry, kind: str, spec: ComponentSpec, path: str, errors: _Errors,
-           label: str = "") -> Built | None:
+def _build(reg: Registry, kind: str, spec: ComponentSpec, path: str, errors: Errors,
+           label: str = "", own_keys: tuple[str, ...] = ("type",)) -> Built | None:
     try:
         cls = reg.get(kind, spec.type)
     except PluginError as exc:
         errors.add(f"{path}.type", str(exc))
         return None
-    extra = {k: v for k, v in (spec.model_extra or {}).items()}
-    try:
-        return Built(cls, cls.Config(**extra), path, label)
-    except ValidationError as exc:
-        errors.add_validation(exc, path)
+    model = getattr(cls, "Config", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        errors.add(f"{path}.type", f"the {kind} plugin {spec.type!r} has no pydantic Config")
         return None
+    extra = _expand_home(model, dict(spec.model_extra or {}), path, errors)
+    try:
+        return Built(cls, model.model_validate(extra), path, label)
+    except ValidationError as exc:
+        errors.add_validation(exc, path, model, extra_keys=own_keys)
+    except Exception as exc:  # noqa: BLE001 - a plugin's validator bug is still a config error
+        errors.add(path, f"the {kind} plugin {spec.type!r} failed to validate these options: "
+                         f"{type(exc).__name__}")
+    return None
 
 
 def load_config(file: str | os.PathLike, registry: Registry, *,
@@ -296,35 +212,49 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
     """Read and validate ``file``; raises ConfigError listing every problem found.
 
     ``require_env=False`` leaves an unset ``${VAR}`` as written: for commands that only
-    read the ledger (``status``) and need no secret."""
+    read the ledger (``status``) and need no secret. ``state_dir`` and ``ledger`` still
+    need theirs: without them such a command would read another ledger."""
     file = str(file)
     if text is None:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read configuration: {exc.strerror}") from None
+        text = read_text(file)
     data, lines = parse_yaml(text, file)
-    errors = _Errors(file, lines)
-    data = _interpolate(data, "", dict(os.environ) if env is None else env,
-                        errors if require_env else None)
+    # `x-` keys are a place for YAML anchors (as in docker compose), not settings.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    errors = Errors(file, lines)
+    interpolate = Interpolation(dict(os.environ) if env is None else env, errors, require_env)
+    data = _expand_home(Settings, interpolate(data), "", errors)
     errors.raise_if_any()
     try:
-        settings = Settings(**data)
+        settings: Settings | None = Settings.model_validate(data)
     except ValidationError as exc:
-        errors.add_validation(exc)
-        errors.raise_if_any()
-        raise
-    source = _build(registry, "source", settings.source, "source", errors)
+        errors.add_validation(exc, model=Settings)
+        settings = None
+    # Components are validated even when a top-level key is wrong, to report every problem.
+    source_spec, transform_specs, sink_specs = _specs(settings, data)
+    source = _build(registry, "source", source_spec, "source", errors) if source_spec else None
     transforms = [_build(registry, "transform", t, f"transforms[{i}]", errors)
-                  for i, t in enumerate(settings.transforms)]
+                  for i, t in transform_specs]
     sinks, sink_transforms = [], {}
-    for i, s in enumerate(settings.sinks):
-        spec = ComponentSpec(type=s.type, **(s.model_extra or {}))
-        sinks.append(_build(registry, "sink", spec, f"sinks[{i}]", errors, label=s.name))
+    for i, s in sink_specs:
+        spec = ComponentSpec.model_validate({**(s.model_extra or {}), "type": s.type})
+        sinks.append(_build(registry, "sink", spec, f"sinks[{i}]", errors, label=s.name,
+                            own_keys=("type", "name", "transforms")))
         sink_transforms[s.name] = [
             _build(registry, "transform", t, f"sinks[{i}].transforms[{j}]", errors)
             for j, t in enumerate(s.transforms)]
+    _shared_stores([b for b in sinks if b is not None], errors)
     errors.raise_if_any()
+    assert settings is not None and source is not None  # else errors were raised
+    warnings: list[str] = []
+    for built in [source, *transforms, *sinks, *(t for ts in sink_transforms.values()
+                                                 for t in ts)]:
+        _literal_secrets(built.config, built.path, _env_name(built.cls.name), interpolate.used,
+                         errors, warnings)
+    _literal_secrets(settings.serve, "serve", "", interpolate.used, errors, warnings)
+    url = settings.ledger.url
+    if url is not None and _has_password(url):
+        _literal_secrets(url, "ledger.url", "ARCHIVER_LEDGER_URL", interpolate.used, errors,
+                         warnings)
     # The raw component mappings may hold interpolated secrets; only the typed configs
     # (with SecretStr fields) are kept from here on.
     settings = settings.model_copy(update={
@@ -333,4 +263,38 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
         "sinks": [SinkSpec(name=s.name, type=s.type,
                            transforms=[ComponentSpec(type=t.type) for t in s.transforms])
                   for s in settings.sinks]})
-    return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file)
+    return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file, warnings)
+
+
+def _specs(settings: Settings | None, data: dict) -> tuple[ComponentSpec | None, list, list]:
+    """The component specs, from ``settings`` or, when it failed, from whichever parts of
+    ``data`` are well-formed on their own (their problems are already reported)."""
+    if settings is not None:
+        return (settings.source, list(enumerate(settings.transforms)),
+                list(enumerate(settings.sinks)))
+
+    def each(model: type[BaseModel], items: Any) -> list:
+        out = []
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            # A sink whose name is wrong still has options worth checking.
+            for attempt in (item, {**item, "name": f"sink-{i}"} if isinstance(item, dict)
+                            and model is SinkSpec else None):
+                try:
+                    out.append((i, model.model_validate(attempt)))
+                    break
+                except ValidationError:
+                    pass
+        return out
+
+    try:
+        source = ComponentSpec.model_validate(data.get("source"))
+    except ValidationError:
+        source = None
+    return source, each(ComponentSpec, data.get("transforms")), each(SinkSpec, data.get("sinks"))
+
+
+def _has_password(url: SecretStr) -> bool:
+    try:
+        return bool(urlsplit(url.get_secret_value()).password)
+    except ValueError:
+        return False

@@ -40,10 +40,11 @@ def _sha256_file(path: Path) -> str:
 
 
 def run_demo(directory: str = ".") -> int:
+    from . import api
     from .config import load_config
     from .ledger import open_ledger
-    from .pipeline import Pipeline
     from .plugins import build_plugin_manager
+    from .runtime import Runtime
     from .testing.emulator import Emulator
 
     base = Path(directory).resolve()
@@ -55,10 +56,11 @@ def run_demo(directory: str = ".") -> int:
         plugins = build_plugin_manager()
         env = {**os.environ, "PLANGREP_API_KEY": emu.api_key}
         loaded = load_config(cfg_file, plugins.registry, env=env)
-        ledger = open_ledger(loaded.settings.state_dir)
-        pipeline = Pipeline(loaded, plugins, ledger)
+        ledger = open_ledger(loaded.settings)
+        where = ledger.location
+        rt = Runtime(loaded, plugins, ledger)
         try:
-            report = pipeline.run()
+            report = api.run(rt)
             checked, bad = 0, []
             for job_id in report.archived:
                 for copy in ledger.job_report(job_id)["copies"]:
@@ -72,14 +74,14 @@ def run_demo(directory: str = ".") -> int:
                         bad.append(copy["location"])
             summary = ledger.summary()
         finally:
-            pipeline.close()
+            rt.close()
             ledger.close()
     click.echo(f"emulator: {len(emu.requests)} requests served")
     click.echo(f"config written to {cfg_file}")
     click.echo(f"archive: {root}")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         click.echo(f"  {path.relative_to(root)}  ({path.stat().st_size} bytes)")
-    click.echo(f"ledger: {state / 'ledger.sqlite'}  jobs: {summary['jobs']}")
+    click.echo(f"ledger: {where}  jobs: {summary['jobs']}")
     click.echo(f"archived {len(report.archived)} job(s); nothing to store for "
                f"{len(report.nothing_to_store)}; not finished {len(report.waiting)}; "
                f"already archived {report.skipped}")

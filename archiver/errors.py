@@ -45,3 +45,29 @@ class ConflictError(SinkError):
 
 class TransformError(ArchiverError):
     """A transform refused its input (corrupt data, bomb guard, plugin bug)."""
+
+
+class LedgerError(ArchiverError):
+    """The ledger cannot be opened or used as asked; the message says where and why."""
+
+
+class LedgerSchemaError(LedgerError):
+    """The ledger's schema is not one this archiver may use: newer than it knows, or an
+    applied migration differs from this archiver's copy of it. Nothing was written."""
+
+
+class LedgerMissing(LedgerError):
+    """There is no ledger where one must already exist (``open_ledger(create=False)``)."""
+
+    def __init__(self, path):
+        super().__init__(f"no ledger at {path}: wrong directory or state_dir?")
+        self.path = path
+
+
+class LeaseLost(LedgerError):
+    """A fenced write found the job's lease held by another worker (or by none): the
+    transaction was rolled back and nothing of it was written."""
+
+    def __init__(self, job_id: str, holder: str | None):
+        super().__init__(f"job {job_id}: lease lost to {holder or 'no worker (released)'}")
+        self.job_id, self.holder = job_id, holder

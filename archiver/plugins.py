@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("decompress", "archiver.default_plugins.decompress"),
     ("service", "archiver.default_plugins.service"),
     ("compliance", "archiver.default_plugins.compliance"),
+    ("ledger", "archiver.default_plugins.ledger_command"),
 )
 
 

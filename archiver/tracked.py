@@ -21,9 +21,9 @@ class TrackedWriter:
     """``write``/``commit``/``abort`` of one sink writer, with its pending token tracked."""
 
     def __init__(self, sink: Sink, ledger, key: str, *, job_id: str | None, path: str | None,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, owner: str | None = None):
         self.sink, self.ledger, self.key = sink, ledger, key
-        self.job_id, self.path = job_id, path
+        self.job_id, self.path, self.owner = job_id, path, owner
         self.writer = sink.open_writer(key, metadata)
         self.written = 0
         self._pending_id: int | None = None
@@ -35,8 +35,9 @@ class TrackedWriter:
         if token == self._token:
             return
         if self._pending_id is None:
+            # owner: recovery discards this token only once its owner is dead
             self._pending_id = self.ledger.add_pending(self.sink.label, token, self.job_id,
-                                                       self.path)
+                                                       self.path, owner=self.owner)
         else:
             self.ledger.update_pending(self._pending_id, token)
         self._token = token

@@ -224,3 +224,13 @@ def test_help_lists_builtin_plugin_commands_without_loading_them():
         assert f"  {name} " in out.stdout
     imported = out.stderr
     assert "pydantic" not in imported and "requests" not in imported
+
+
+def test_demo_command_archives_and_verifies(tmp_path):
+    """`archiver demo` as README shows it: exit 0, every artifact checked, status reads it."""
+    out = archiver("demo", "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "all match" in out.stdout and "archived 3 job(s)" in out.stdout
+    status = archiver("status", "-c", str(tmp_path / "archiver-demo.yaml"), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["jobs"]["archived"] == 3

@@ -82,7 +82,8 @@ def test_dollar_escape(plugins):
 
 def test_unknown_plugin_type(plugins):
     with pytest.raises(ConfigError) as exc:
-        load(GOOD.replace("type: local\n    root: ./archive\n", "type: ftp\n    root: x\n"), plugins)
+        load(GOOD.replace("type: local\n    root: ./archive\n", "type: ftp\n    root: x\n"),
+             plugins)
     assert "sinks[0].type" in str(exc.value) and "unknown sink type 'ftp'" in str(exc.value)
 
 

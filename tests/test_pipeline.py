@@ -11,7 +11,8 @@ from pathlib import Path
 from archiver.config import load_config
 from archiver.hookspecs import hookimpl
 from archiver.ledger import open_ledger
-from archiver.pipeline import Pipeline
+from archiver import api
+from archiver.runtime import Runtime
 from archiver.plugins import build_plugin_manager
 from archiver.testing.emulator import ArtifactSpec
 
@@ -32,13 +33,13 @@ def make(emu, tmp_path, text=None, extra=(), **kw):
     cfg.write_text(text or basic_config(emu, tmp_path, **kw))
     loaded = load_config(cfg, plugins.registry, env={"PLANGREP_API_KEY": emu.api_key})
     ledger = open_ledger(loaded.settings.state_dir)
-    return Pipeline(loaded, plugins, ledger), ledger
+    return Runtime(loaded, plugins, ledger), ledger
 
 
 def run_once(emu, tmp_path, **kw):
     pipeline, ledger = make(emu, tmp_path, **kw)
     try:
-        return pipeline.run(), ledger.summary()
+        return api.run(pipeline), ledger.summary()
     finally:
         pipeline.close()
         ledger.close()
@@ -163,7 +164,7 @@ def test_wrong_api_key_is_one_clear_error(emu, tmp_path):
     simple_job(emu)
     text = basic_config(emu, tmp_path).replace("${PLANGREP_API_KEY}", "pk_wrong_key_123")
     pipeline, ledger = make(emu, tmp_path, text=text)
-    report = pipeline.run()
+    report = api.run(pipeline)
     assert report.exit_code == 3
     assert "401" in report.fatal or "unauthorized" in report.fatal
     assert "pk_wrong_key_123" not in report.fatal
@@ -218,7 +219,7 @@ def test_api_key_never_leaks(emu, tmp_path, caplog):
     emu.faults.rate_limit_retry_after = "0"
     emu.faults.rate_limit_n = 1
     pipeline, ledger = make(emu, tmp_path)
-    report = pipeline.run()
+    report = api.run(pipeline)
     assert report.archived == [job["id"]]
     text = caplog.text + repr(pipeline.source) + repr(report.as_dict())
     ledger.close()
@@ -255,7 +256,7 @@ def test_hooks_fire_filter_and_name(emu, tmp_path):
     job = simple_job(emu, paths=("keep.json", "skip.me", "rename.me"))
     rec = Recorder()
     pipeline, ledger = make(emu, tmp_path, extra=[("recorder", rec)])
-    report = pipeline.run()
+    report = api.run(pipeline)
     assert report.archived == [job["id"]]
     assert sorted(p for _, p, ok in rec.artifacts) == ["job.json", "keep.json", "rename.me",
                                                        "result.json"]
@@ -281,7 +282,7 @@ def test_per_sink_chains_and_dual_digests(emu, tmp_path):
 """
     text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text)
-    report = pipeline.run()
+    report = api.run(pipeline)
     assert report.archived == [job["id"]], report.as_dict()
     served = emu.artifact_bytes(job["id"], "r.json.gz")
     plain = gzip.decompress(served)
@@ -339,7 +340,7 @@ def test_transform_failure_isolated_to_its_sink(emu, tmp_path):
 """
     text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text, extra=[("exploding", Exploding())])
-    report = pipeline.run()
+    report = api.run(pipeline)
     assert report.archived == [job["id"]]
     (bad_job, problems), = report.incomplete.items()
     assert "kaboom" in problems[0] and "fragile" in problems[0] and "huge.bin" in problems[0]
@@ -395,7 +396,7 @@ def test_bad_compressed_input_fails_only_that_sink(emu, tmp_path):
 """
     text = basic_config(emu, tmp_path, extra_sink=extra)
     pipeline, ledger = make(emu, tmp_path, text=text)
-    report = pipeline.run()
+    report = api.run(pipeline)
     problems = report.incomplete[job["id"]]
     assert len(problems) == 3
     for path in bad:

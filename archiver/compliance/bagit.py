@@ -174,9 +174,9 @@ def bag_info(job: JobRef, files: list[PayloadFile], settings: BagitSettings,
 def export_audit(ledger, job_id: str) -> tuple[bytes, int]:
     """The job's audit records as JSON lines, and the last seq exported."""
     lines, last = [], 0
-    for line, _hash, seq in ledger.audit_rows(job_id):
-        lines.append(line)
-        last = seq
+    for row in ledger.audit_rows(job_id):
+        lines.append(row.line)
+        last = row.seq
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b"", last
 
 
@@ -201,7 +201,7 @@ class BagWriter:
         self.ledger, self.settings = ledger, settings
 
     def has_bag(self, sink: Sink, job_id: str) -> bool:
-        return any(b["name"] == tagmanifest_name("sha256")
+        return any(b.name == tagmanifest_name("sha256")
                    for b in self.ledger.bag_files(job_id, sink.label))
 
     def prepare(self, sink: Sink, job: JobRef, expected: set[str] | None) -> Prepared:

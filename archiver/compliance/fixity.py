@@ -31,6 +31,7 @@ from typing import Any
 
 from ..components import Sink
 from ..errors import ArchiverError
+from ..ledger import CopyRow
 from . import storage
 from .bagit import (
     SUPPORTED,
@@ -82,20 +83,20 @@ class FixityReport:
                 "exit_code": self.exit_code}
 
 
-def select(rows: list[dict], sample: float | None, budget: int | None) -> list[dict]:
+def select(rows: list[CopyRow], sample: float | None, budget: int | None) -> list[CopyRow]:
     """The copies to check: all, or the least recently checked PERCENT / BUDGET bytes."""
     if sample is None and budget is None:
         return rows
-    rows = sorted(rows, key=lambda r: (r["checked_at"] is not None, r["checked_at"] or 0,
-                                       r["job_id"], r["path"], r["sink"]))
+    rows = sorted(rows, key=lambda r: (r.checked_at is not None, r.checked_at or 0,
+                                       r.job_id, r.path, r.sink))
     if sample is not None:
         return rows[:max(1, math.ceil(len(rows) * sample / 100))] if rows else []
     out, total = [], 0
     for row in rows:
-        if out and total + row["size"] > budget:
+        if out and total + row.size > budget:
             break
         out.append(row)
-        total += row["size"]
+        total += row.size
     return out
 
 
@@ -111,15 +112,16 @@ class Auditor:
         self.ledger, self.sinks = ledger, sinks
         self.report = FixityReport()
         self._down: dict[str, str] = {}
+        self._done: set[tuple[str, str, str]] = set()  # (job_id, path, sink) checked
 
     def run(self, sink_names: list[str] | None = None, *, sample: float | None = None,
             budget: int | None = None, since: float | None = None) -> FixityReport:
         names = sink_names or list(self.sinks)
-        rows = [r for r in self.ledger.copy_rows(since=since) if r["sink"] in names]
+        rows = [r for r in self.ledger.copy_rows(since=since) if r.sink in names]
         self.report.objects = len(rows)
-        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[CopyRow]] = defaultdict(list)
         for row in select(rows, sample, budget):
-            groups[(row["sink"], row["job_id"])].append(row)
+            groups[(row.sink, row.job_id)].append(row)
         for (name, job_id), chosen in sorted(groups.items()):
             if name in self._down:
                 self._unchecked(name, job_id, chosen)
@@ -127,7 +129,7 @@ class Auditor:
             try:
                 self._job(self.sinks[name], job_id, chosen)
             except _Unreachable:
-                self._unchecked(name, job_id, [r for r in chosen if not r.get("_done")])
+                self._unchecked(name, job_id, [r for r in chosen if _ident(r) not in self._done])
         self.ledger.event("verify", f"fixity audit: {self.report.checked} object(s) checked, "
                                     f"{len(self.report.findings)} problem(s)",
                           data={"sinks": names, "checked": self.report.checked,
@@ -146,14 +148,14 @@ class Auditor:
         self._find("unreachable", sink, job_id, where, f"the sink could not be read: {exc}")
         raise _Unreachable()
 
-    def _unchecked(self, name: str, job_id: str, rows: list[dict]) -> None:
+    def _unchecked(self, name: str, job_id: str, rows: list[CopyRow]) -> None:
         for row in rows:
             self.report.findings.append(Finding(
-                "unchecked", name, job_id, row["key"],
+                "unchecked", name, job_id, row.key,
                 f"not checked: sink unreachable ({self._down[name][:200]})"))
 
-    def _job(self, sink: Sink, job_id: str, chosen: list[dict]) -> None:
-        project = chosen[0]["project_id"] or chosen[0]["key"].split("/", 1)[0]
+    def _job(self, sink: Sink, job_id: str, chosen: list[CopyRow]) -> None:
+        project = chosen[0].project_id or chosen[0].key.split("/", 1)[0]
         root = bag_root(project, job_id)
         all_rows = self.ledger.copy_rows(sink=sink.label, job_id=job_id)
         bag = self._bag(sink, job_id, root)
@@ -163,7 +165,7 @@ class Auditor:
         algos = sorted(bag.manifests) if bag else []
         for row in chosen:
             self._object(sink, row, root, bag, algos)
-            row["_done"] = True
+            self._done.add(_ident(row))
 
     def _read(self, sink: Sink, job_id: str, key: str) -> bytes | None:
         try:
@@ -173,7 +175,7 @@ class Auditor:
 
     def _bag(self, sink: Sink, job_id: str, root: str) -> _Bag | None:
         """Check the tag files; return the bag's manifests (None: the job has no bag)."""
-        recorded = {b["name"]: b for b in self.ledger.bag_files(job_id, sink.label)}
+        recorded = {b.name: b for b in self.ledger.bag_files(job_id, sink.label)}
         top = tagmanifest_name("sha256")
         raw = self._read(sink, job_id, tag_key(root, top))
         if raw is None:
@@ -210,10 +212,10 @@ class Auditor:
         for name, rec in recorded.items():
             if name in contents:
                 actual = hashlib.sha256(contents[name]).hexdigest()
-                if rec["digests"].get("sha256") not in (None, actual):
-                    self._find("tag", sink, job_id, sink.describe(rec["key"]),
+                if rec.digests.get("sha256") not in (None, actual):
+                    self._find("tag", sink, job_id, sink.describe(rec.key),
                                f"altered since it was written: sha256 {actual}, the ledger "
-                               f"recorded {rec['digests']['sha256']}")
+                               f"recorded {rec.digests['sha256']}")
         bag = _Bag()
         for name, data in contents.items():
             if name.startswith("manifest-") and name.endswith(".txt"):
@@ -233,16 +235,16 @@ class Auditor:
         return bag
 
     def _manifest_vs_ledger(self, sink: Sink, job_id: str, root: str, bag: _Bag,
-                            rows: list[dict]) -> None:
+                            rows: list[CopyRow]) -> None:
         manifest = bag.manifests.get("sha256", {})
         known = set()
         name = manifest_name("sha256")
         for row in rows:
-            rel = row["key"][len(root) + 1:]
+            rel = row.key[len(root) + 1:]
             known.add(rel)
-            listed, recorded = manifest.get(rel), row["stored"].get("sha256")
+            listed, recorded = manifest.get(rel), row.stored.get("sha256")
             if listed is None and manifest:
-                self._find("manifest", sink, job_id, sink.describe(row["key"]),
+                self._find("manifest", sink, job_id, sink.describe(row.key),
                            f"stored per the ledger but not listed in {name}")
             elif listed is not None and listed != recorded:
                 self._find("manifest", sink, job_id, f"{name} line for {rel}",
@@ -252,7 +254,7 @@ class Auditor:
                        f"listed in {name} but never stored by archiver")
 
     def _added(self, sink: Sink, job_id: str, root: str, bag: _Bag | None,
-               rows: list[dict]) -> None:
+               rows: list[CopyRow]) -> None:
         try:
             keys = storage.list_keys(sink, f"{root}/data/")
         except (ArchiverError, OSError) as exc:
@@ -263,16 +265,16 @@ class Auditor:
             if note not in self.report.notes:
                 self.report.notes.append(note)
             return
-        known = {r["key"] for r in rows}
+        known = {r.key for r in rows}
         listed = {f"{root}/{rel}" for rel in (bag.manifests.get("sha256", {}) if bag else {})}
         for key in keys:
             if key not in known and key not in listed:
                 self._find("added", sink, job_id, sink.describe(key),
                            "present under data/ but in neither the manifest nor the ledger")
 
-    def _object(self, sink: Sink, row: dict, root: str, bag: _Bag | None,
+    def _object(self, sink: Sink, row: CopyRow, root: str, bag: _Bag | None,
                 algos: list[str]) -> None:
-        key, job_id = row["key"], row["job_id"]
+        key, job_id = row.key, row.job_id
         where = sink.describe(key)
         try:
             size, digests = storage.hash_object(sink, key, algos)
@@ -284,16 +286,16 @@ class Auditor:
             kind, detail = (("unreadable", f"exists but cannot be read: {exc}") if exists
                             else ("missing", "the object is gone"))
             self._find(kind, sink, job_id, where, detail)
-            self.ledger.record_fixity(job_id, row["path"], sink.label, False, kind,
+            self.ledger.record_fixity(job_id, row.path, sink.label, False, kind,
                                       {"key": key})
             self.report.checked += 1
             return
         self.report.checked += 1
         self.report.bytes += size
-        expected = row["stored"].get("sha256")
+        expected = row.stored.get("sha256")
         problems = []
-        if size != row["size"]:
-            problems.append(f"size {size}, the ledger recorded {row['size']}")
+        if size != row.size:
+            problems.append(f"size {size}, the ledger recorded {row.size}")
         if digests["sha256"] != expected:
             problems.append(f"sha256 {digests['sha256']}, the ledger recorded {expected}")
         rel = key[len(root) + 1:]
@@ -303,10 +305,14 @@ class Auditor:
                 problems.append(f"{alg} {digests.get(alg)}, {manifest_name(alg)} says {listed}")
         if problems:
             self._find("altered", sink, job_id, where, "; ".join(problems))
-        self.ledger.record_fixity(job_id, row["path"], sink.label, not problems,
+        self.ledger.record_fixity(job_id, row.path, sink.label, not problems,
                                   "altered" if problems else "ok",
                                   {"key": key, "size": size, "sha256": digests["sha256"],
                                    "expected_sha256": expected})
+
+
+def _ident(row: CopyRow) -> tuple[str, str, str]:
+    return row.job_id, row.path, row.sink
 
 
 class _Unreachable(Exception):

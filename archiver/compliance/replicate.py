@@ -27,7 +27,7 @@ from typing import Any
 from .. import keys as keymod
 from ..components import Sink
 from ..errors import ArchiverError, ConflictError
-from ..ledger import ARCHIVED
+from ..ledger import ARCHIVED, CopyRow
 from . import storage
 from .bagit import (
     SUPPORTED,
@@ -102,36 +102,35 @@ class Replicator:
         self.report.problems.setdefault(job_id, []).append(message)
 
     def _jobs(self, src: str, job_ids: list[str] | None) -> list[JobRef]:
-        rows = {r["job_id"]: r for r in self.ledger.job_rows()}
+        rows = {r.job_id: r for r in self.ledger.job_rows()}
         if job_ids:
             out = []
             for job_id in job_ids:
                 if job_id not in rows:
                     self._problem(job_id, f"job {job_id} is not in the ledger")
                 else:
-                    out.append(JobRef(job_id, rows[job_id]["project_id"],
-                                      rows[job_id]["status"]))
+                    out.append(JobRef(job_id, rows[job_id].project_id, rows[job_id].status))
             return out
-        with_copies = {r["job_id"] for r in self.ledger.copy_rows(sink=src)}
-        return [JobRef(j, rows[j]["project_id"], rows[j]["status"]) for j in sorted(with_copies)
-                if j in rows and rows[j]["state"] == ARCHIVED]
+        with_copies = {r.job_id for r in self.ledger.copy_rows(sink=src)}
+        return [JobRef(j, rows[j].project_id, rows[j].status) for j in sorted(with_copies)
+                if j in rows and rows[j].state == ARCHIVED]
 
     # ------------------------------------------------------------------ one job
     def _job(self, source: Sink, target: Sink, job: JobRef) -> None:
         root = bag_root(job.project_id, job.id)
-        src_rows = {r["key"]: r for r in self.ledger.copy_rows(sink=source.label, job_id=job.id)}
+        src_rows = {r.key: r for r in self.ledger.copy_rows(sink=source.label, job_id=job.id)}
         plan = self._read_source(source, job, root, src_rows)
         conflicts = []
         for rel, digests in sorted(plan.payload.items()):
             key = f"{root}/{rel}"
             row = src_rows.get(key)
             try:
-                self._copy(source, target, job, key, row["path"] if row else rel, digests,
-                           row["received"] if row else digests)
+                self._copy(source, target, job, key, row.path if row else rel, digests,
+                           row.received if row else digests)
             except ConflictError as exc:
                 conflicts.append(str(exc))
                 self.ledger.event("conflict", str(exc), job_id=job.id, sink=target.label,
-                                  path=row["path"] if row else rel)
+                                  path=row.path if row else rel)
             except (ArchiverError, OSError) as exc:
                 raise JobFailed(f"copying {source.describe(key)} to sink {target.label}: "
                                 f"{exc}") from exc
@@ -155,7 +154,7 @@ class Replicator:
                                 "bag": bool(plan.tags)})
 
     def _read_source(self, source: Sink, job: JobRef, root: str,
-                     src_rows: dict[str, dict]) -> _Source:
+                     src_rows: dict[str, CopyRow]) -> _Source:
         """The source bag, checked against itself and the ledger, or the ledger's copies."""
         top = tagmanifest_name("sha256")
         try:
@@ -164,7 +163,7 @@ class Replicator:
                 if not src_rows:
                     raise JobFailed(f"sink {source.label} has no bag and the ledger no copies "
                                     f"of job {job.id}")
-                return _Source({k[len(root) + 1:]: r["stored"] for k, r in src_rows.items()}, {})
+                return _Source({k[len(root) + 1:]: r.stored for k, r in src_rows.items()}, {})
             tags = {top: raw}
             for name, digest in parse_manifest(raw, source.describe(tag_key(root, top))).items():
                 if not _TAG_NAME.fullmatch(name):
@@ -202,7 +201,7 @@ class Replicator:
                 raise JobFailed(f"source bag of job {job.id} lists an unsafe path {rel!r}")
         for key, row in src_rows.items():
             rel = key[len(root) + 1:]
-            if payload.get(rel, {}).get("sha256") != row["stored"].get("sha256"):
+            if payload.get(rel, {}).get("sha256") != row.stored.get("sha256"):
                 raise JobFailed(f"the source bag and the ledger disagree about "
                                 f"{source.describe(key)}; run 'archiver verify --sink "
                                 f"{source.label}'")

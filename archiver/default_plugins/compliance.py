@@ -20,28 +20,21 @@ from datetime import datetime, timezone
 
 import click
 
+from ..commands import config_option, json_option
 from ..hookspecs import hookimpl
-
-config_option = click.option("-c", "--config", "config_file", required=True,
-                             type=click.Path(dir_okay=False), help="The YAML file.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @contextmanager
 def _opened(config_file: str):
     """(loaded config, ledger, sinks by name); everything closed afterwards."""
-    from ..cli import _load
-    from ..ledger import open_ledger
+    from ..commands import open_runtime
     # These commands never call the Plangrep API: an unset ${PLANGREP_API_KEY} is fine.
-    _, loaded = _load(config_file, require_env=False)
-    sinks = {b.label: b.cls(b.config, label=b.label) for b in loaded.sinks}
-    ledger = open_ledger(loaded.settings.state_dir)
+    # They read what was archived: a missing ledger is the wrong directory, not a new one.
+    rt = open_runtime(config_file, require_env=False, create=False)
     try:
-        yield loaded, ledger, sinks
+        yield rt.loaded, rt.ledger, rt.sinks
     finally:
-        for sink in sinks.values():
-            sink.close()
-        ledger.close()
+        rt.close()
 
 
 def _usage(message: str) -> None:

@@ -119,6 +119,7 @@ class LocalSink(Sink):
 
     name = "local"
     memory_bound = "one chunk (the pipeline's chunk_size)"
+    host_local = True  # pending tokens are temporary file paths on this host
 
     class Config(ComponentConfig):
         root: Path = Field(description="Directory holding the archive (created if missing); "

@@ -1,4 +1,4 @@
-"""Finding artifact references in a Plangrep result (decision 1 of plangrep-api.md).
+"""Finding artifact references in a Plangrep result (docs/plangrep-api.md, decision 1).
 
 The docs show artifact objects in several places (``documents[].artifacts[]``,
 ``documents[].sheets[].artifacts[]``, project entities, ``result.artifacts``) and in two

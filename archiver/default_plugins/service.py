@@ -14,22 +14,26 @@ import sys
 
 import click
 
+from ..commands import config_option
 from ..hookspecs import hookimpl
 
 
-def _start(config_file: str, serve: bool, poll_interval: float | None) -> int:
-    from ..config import load_config
-    from ..errors import ConfigError, PluginError
-    from ..ledger import open_ledger
-    from ..plugins import build_plugin_manager
+def _start(config_file: str, serve: bool, poll_interval: float | None,
+           workers: int | None = None) -> int:
+    from ..commands import open_runtime
+
+    rt = open_runtime(config_file)  # bad configuration: one line, exit 2
+    loaded = rt.loaded
+    try:
+        return _serve(rt, loaded, config_file, serve, poll_interval, workers)
+    finally:
+        rt.close()
+
+
+def _serve(rt, loaded, config_file: str, serve: bool, poll_interval: float | None,
+           workers: int | None) -> int:
     from ..service import Service
 
-    try:
-        plugins = build_plugin_manager()
-        loaded = load_config(config_file, plugins.registry)
-    except (ConfigError, PluginError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
     if serve:
         from ..service.webhooks import SecretStore
 
@@ -54,12 +58,15 @@ def _start(config_file: str, serve: bool, poll_interval: float | None) -> int:
         if s.insecure_accept_unsigned:
             click.echo("warning: serve.insecure_accept_unsigned is true: webhook deliveries "
                        "are NOT verified", err=True)
-    ledger = open_ledger(loaded.settings.state_dir)
-    service = Service(loaded, plugins, ledger, serve=serve, poll_interval=poll_interval)
+    n = workers if workers is not None else loaded.settings.workers
+    service = Service(rt, serve=serve, poll_interval=poll_interval, workers=n,
+                      config_file=config_file)
 
     def started(svc: Service) -> None:
         what = f"serving webhooks on {svc.url}{svc.serve_settings.path}" if serve else "watching"
-        click.echo(f"archiver: {what}; polling every {svc.watcher.interval:g}s", err=True)
+        with_workers = f", {n} worker processes" if n > 1 else ""
+        click.echo(f"archiver: {what}; polling every {svc.watcher.interval:g}s{with_workers}",
+                   err=True)
 
     try:
         return service.run(on_started=started)
@@ -68,12 +75,10 @@ def _start(config_file: str, serve: bool, poll_interval: float | None) -> int:
         click.echo(f"error: serve.host/serve.port {s.host}:{s.port}: cannot listen: "
                    f"{exc.strerror or exc}", err=True)
         return 3
-    finally:
-        ledger.close()
 
 
-_config = click.option("-c", "--config", "config_file", required=True,
-                       type=click.Path(dir_okay=False), help="The YAML file.")
+_workers = click.option("--workers", type=click.IntRange(min=1, max=64), default=None,
+                        help="Worker processes (default: workers: in the config, 1).")
 # Tests only: the configuration refuses poll intervals below 5 s, as the API asks.
 _test_poll = click.option("--test-poll-interval", type=float, default=None, hidden=True)
 
@@ -81,15 +86,19 @@ _test_poll = click.option("--test-poll-interval", type=float, default=None, hidd
 @hookimpl
 def archiver_register_commands(cli) -> None:
     @cli.command()
-    @_config
+    @config_option
     @_test_poll
-    def watch(config_file: str, test_poll_interval: float | None) -> None:
+    @_workers
+    def watch(config_file: str, test_poll_interval: float | None,
+              workers: int | None) -> None:
         """Archive continuously: poll every watch.poll_interval, soonest expiry first."""
-        sys.exit(_start(config_file, False, test_poll_interval))
+        sys.exit(_start(config_file, False, test_poll_interval, workers))
 
     @cli.command()
-    @_config
+    @config_option
     @_test_poll
-    def serve(config_file: str, test_poll_interval: float | None) -> None:
+    @_workers
+    def serve(config_file: str, test_poll_interval: float | None,
+              workers: int | None) -> None:
         """watch + a webhook endpoint, /healthz and /metrics (see docs/operations.md)."""
-        sys.exit(_start(config_file, True, test_poll_interval))
+        sys.exit(_start(config_file, True, test_poll_interval, workers))

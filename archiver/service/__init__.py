@@ -1,12 +1,15 @@
 """Continuous archiving: ``archiver watch`` (poll loop) and ``archiver serve`` (poll loop +
 webhook receiver + ``/healthz`` + ``/metrics``). Operations guide: docs/operations.md.
 
-:class:`Service` wires one :class:`~archiver.pipeline.Pipeline` to a
+:class:`Service` wires one :class:`~archiver.runtime.Runtime` to a
 :class:`~archiver.service.watch.Watcher` running in its own thread and, for ``serve``, an
-HTTP server whose webhook deliveries feed the watcher's bounded queue.
+HTTP server whose webhook deliveries feed the watcher's bounded queue. With ``workers: 1``
+the watcher's passes run on this process's threads; with more, the watcher only queues
+jobs in the ledger and N worker processes (:class:`~archiver.workers.fleet.WorkerPool`)
+claim and archive them.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`Service.shutdown`): the endpoint answers 503 to new
-deliveries (the sender retries later), the watcher starts no new pass, the pipeline drains
+deliveries (the sender retries later), the watcher starts no new pass, the runtime drains
 (objects being written finish, nothing new starts); after ``watch.grace_period`` seconds
 whatever is still in flight is aborted. A second signal aborts at once. Either way writers
 are aborted, never half-committed, so nothing partial is visible in any sink; unfinished
@@ -25,8 +28,7 @@ from .watch import Watcher
 from .webhooks import JobQueue, SecretStore, WebhookReceiver
 
 if TYPE_CHECKING:
-    from ..config import LoadedConfig
-    from ..plugins import Plugins
+    from ..runtime import Runtime
 
 log = logging.getLogger("archiver.service")
 
@@ -34,21 +36,22 @@ __all__ = ["JobQueue", "SecretStore", "Service", "Watcher", "WebhookReceiver"]
 
 
 class Service:
-    """``watch`` (``serve=False``) or ``serve`` in one process.
+    """``watch`` (``serve=False``) or ``serve`` in one process, plus ``workers`` worker
+    processes when more than 1 (``config_file`` is what they open).
 
     ``poll_interval`` overrides ``watch.poll_interval`` (tests only: the config refuses
-    less than 5 s). The caller owns ``ledger`` and closes it after :meth:`close`.
+    less than 5 s). The caller owns ``rt`` and closes it after :meth:`close`.
     """
 
-    def __init__(self, loaded: LoadedConfig, plugins: Plugins, ledger, *,
-                 serve: bool = False, poll_interval: float | None = None):
-        from ..pipeline import Pipeline
+    def __init__(self, rt: Runtime, *, serve: bool = False, poll_interval: float | None = None,
+                 workers: int = 1, config_file: str | None = None):
+        from ..executors import RunReport, ThreadExecutor, run_pass
 
-        settings = loaded.settings
+        settings = rt.settings
+        self.rt = rt
         self.watch_settings, self.serve_settings = settings.watch, settings.serve
         self.serving = serve
-        self.ledger = ledger
-        self.pipeline = Pipeline(loaded, plugins, ledger)
+        self.ledger = rt.ledger
         self.queue: JobQueue | None = None
         self.metrics = self.receiver = self.server = None
         if serve:
@@ -56,20 +59,51 @@ class Service:
 
             s = self.serve_settings
             self.queue = JobQueue(s.queue_size)
-            self.metrics = ServiceMetrics(ledger, expiry_warning=settings.watch.expiry_warning,
+            self.metrics = ServiceMetrics(self.ledger,
+                                          expiry_warning=settings.watch.expiry_warning,
                                           queue=self.queue)
-            plugins.pm.register(self.metrics, name=f"archiver-service-metrics-{id(self):x}")
+            rt.plugins.pm.register(self.metrics, name=f"archiver-service-metrics-{id(self):x}")
             self.receiver = WebhookReceiver(s, self.queue, on_verdict=self.metrics.verdict)
-        self.watcher = Watcher(self.pipeline, settings.watch, hints=self.queue,
+        self.executor = self.pool = None
+        if workers > 1:
+            if config_file is None:
+                raise ValueError("worker processes need the config file they open")
+            from ..workers.fleet import WorkerPool, triage_and_enqueue
+
+            self.pool = WorkerPool(rt, config_file, workers, on_outcome=self._outcome)
+
+            def dispatch(jobs) -> RunReport:
+                report = RunReport()
+                triage_and_enqueue(rt, jobs, report)
+                return report
+        else:
+            base = settings.watch.poll_interval if poll_interval is None else poll_interval
+            self.executor = ThreadExecutor(rt, backoff=base)
+
+            def dispatch(jobs) -> RunReport:
+                return run_pass(rt, self.executor, jobs=jobs)
+        self.watcher = Watcher(rt, settings.watch, dispatch, hints=self.queue,
                                metrics=self.metrics, poll_interval=poll_interval)
         self.done = threading.Event()
         self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
         self._signals = 0
 
+    def _outcome(self, outcome) -> None:
+        """A worker process finished a job: count it as this process's hooks would."""
+        if self.metrics is not None:
+            self.metrics.worker_outcome(outcome)
+        if outcome.state == "incomplete":
+            log.warning("job %s is incomplete; retried after its backoff: %s",
+                        outcome.job_id, "; ".join(outcome.problems)[:500])
+        elif outcome.state == "archived":
+            log.info("job %s archived by a worker: %d objects written, %d bytes received",
+                     outcome.job_id, outcome.objects_written, outcome.bytes_received)
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Service:
-        """Bind the HTTP server (``serve``; OSError if the address is taken), start the loop."""
+        """Bind the HTTP server (``serve``; OSError if the address is taken), start the loop
+        and the workers."""
         if self.serving:
             from .server import ServiceServer
 
@@ -78,6 +112,10 @@ class Service:
                 s.host, s.port, webhook_path=s.path, receiver=self.receiver,
                 metrics=self.metrics, health=self.health, max_body_bytes=s.max_body_bytes,
                 max_connections=s.max_connections).start()
+        if self.executor is not None:
+            self.executor.__enter__()
+        if self.pool is not None:
+            self.pool.start()
         self._thread = threading.Thread(target=self._loop, name="archiver-watch", daemon=True)
         self._thread.start()
         return self
@@ -102,7 +140,9 @@ class Service:
         if self.receiver is not None:
             self.receiver.close()
         self.watcher.stop()
-        self.pipeline.request_drain()
+        self.rt.request_drain()
+        if self.pool is not None:
+            self.pool.drain()
         grace = self.watch_settings.grace_period
         self._timer = threading.Timer(grace, self._grace_over)
         self._timer.daemon = True
@@ -111,14 +151,18 @@ class Service:
     def _grace_over(self) -> None:
         if not self.done.is_set():
             log.warning("grace period over: aborting the writes still in flight")
-        self.pipeline.request_stop()
+        self.rt.request_stop()
+        if self.pool is not None:
+            self.pool.abort()
 
     def abort(self) -> None:
         """Stop now: in-flight writers are aborted (nothing partial is left)."""
         if self.receiver is not None:
             self.receiver.close()
         self.watcher.stop()
-        self.pipeline.request_stop()
+        self.rt.request_stop()
+        if self.pool is not None:
+            self.pool.abort()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the loop has ended."""
@@ -133,7 +177,11 @@ class Service:
             self._timer.cancel()
         if self.server is not None:
             self.server.stop()
-        self.pipeline.close()
+        if self.executor is not None:
+            self.executor.__exit__(None, None, None)
+        if self.pool is not None:
+            self.pool.close(self.watch_settings.grace_period)
+        log.info("stopped (exit code %d)", self.watcher.exit_code)
         return self.watcher.exit_code
 
     def health(self) -> tuple[bool, dict]:

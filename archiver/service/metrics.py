@@ -20,13 +20,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..hookspecs import hookimpl
-from ..ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
+from ..ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, QUEUED, WAITING
 from .watch import open_jobs
 
 if TYPE_CHECKING:
     from .webhooks import JobQueue, Verdict
 
-STATES = (ARCHIVED, INCOMPLETE, NOTHING, LOST, WAITING)
+STATES = (ARCHIVED, INCOMPLETE, NOTHING, LOST, WAITING)  # what a processed job ends as
+GAUGE_STATES = (*STATES, QUEUED)  # archiver_jobs: queued for pull workers, too
+UNARCHIVED = (INCOMPLETE, QUEUED)  # finished at the source, not archived yet
 REJECT_REASONS = ("missing_headers", "bad_timestamp", "stale_timestamp", "future_timestamp",
                   "bad_signature", "no_secret", "malformed_json", "bad_payload", "too_large",
                   "no_length", "duplicate", "queue_full", "shutting_down")
@@ -56,7 +58,7 @@ class _LedgerCollector:
         summary = self.ledger.summary()
         jobs = GaugeMetricFamily("archiver_jobs", "Jobs in the ledger by state.",
                                  labels=["state"])
-        for state in sorted(set(STATES) | set(summary["jobs"])):
+        for state in sorted(set(GAUGE_STATES) | set(summary["jobs"])):
             jobs.add_metric([state], summary["jobs"].get(state, 0))
         yield jobs
         objects = GaugeMetricFamily("archiver_stored_objects",
@@ -76,8 +78,8 @@ class _LedgerCollector:
                                   "Whole-artifact restarts after a failed download (ledger).",
                                   value=retries)
         now = self.clock()
-        opened = open_jobs(self.ledger)
-        unarchived = [o for o in opened if o.state == INCOMPLETE]
+        opened = open_jobs(self.ledger, (INCOMPLETE, WAITING, QUEUED))
+        unarchived = [o for o in opened if o.state in UNARCHIVED]
         age = GaugeMetricFamily("archiver_oldest_unarchived_job_age_seconds",
                                 "Age (since it finished) of the oldest finished job not yet "
                                 "archived; 0 when there is none.")
@@ -96,7 +98,7 @@ class _LedgerCollector:
         soon = sum(1 for o in opened if o.expires_at is not None
                    and 0 < o.expires_at - now <= self.expiry_warning)
         yield GaugeMetricFamily("archiver_jobs_expiring_soon",
-                                "Open jobs (waiting or incomplete) expiring within "
+                                "Open jobs (waiting, queued or incomplete) expiring within "
                                 "watch.expiry_warning.", value=soon)
 
 

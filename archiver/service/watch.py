@@ -1,7 +1,9 @@
 """The watch loop: poll the API, archive finished jobs soonest-expiring first, never give up.
 
-One thread runs every pass (polls and webhook hints alike), so a job can never be archived
-by two passes at once; inside a pass the pipeline works on ``concurrency`` jobs.
+One thread runs every pass (polls and webhook hints alike); a pass hands the jobs that
+need work to the service's dispatch (this process's threads, or the ledger's queue for
+local worker processes), and the ledger's leases make sure that one worker at a time
+works on a job, whoever else shares the ledger.
 
 * **Poll** (every ``poll_interval``): list the jobs of the configured projects, drop those
   the ledger has settled (archived, nothing to store, lost) and incomplete ones still in
@@ -13,7 +15,8 @@ by two passes at once; inside a pass the pipeline works on ``concurrency`` jobs.
   logged and counted, and the next poll tries again. A refused API key (401/403) is fatal:
   the loop stops with exit code 3.
 * **Incomplete jobs** are retried with exponential backoff: ``poll_interval`` × 2^(n-1),
-  at most ``retry_max_delay``.
+  at most ``retry_max_delay``. The backoff is persisted in the ledger (the job's
+  ``not_before``), so it survives restarts and every worker honours it.
 * **Expiry**: a job that expired before it was archived becomes ``lost`` (a loud error, a
   ledger event, a metric). Open jobs (waiting, incomplete) whose ``expiresAt`` is within
   ``expiry_warning`` get one ``expiry_warning`` event, a warning log line and a metric.
@@ -34,17 +37,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArchiverError, AuthError, SourceError
-from ..ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
+from ..ledger import INCOMPLETE, SETTLED, WAITING
 from ..model import Job
 
 if TYPE_CHECKING:
     from ..config import WatchSettings
-    from ..pipeline import Pipeline, RunReport
+    from ..executors import RunReport
+    from ..runtime import Runtime
     from .webhooks import JobQueue
 
 log = logging.getLogger("archiver.service.watch")
 
-SETTLED = frozenset({ARCHIVED, NOTHING, LOST})
 EXIT_FATAL = 3
 
 
@@ -97,14 +100,17 @@ class OpenJob:
 def open_jobs(ledger, states: Iterable[str] = (INCOMPLETE, WAITING)) -> list[OpenJob]:
     """The ledger's open jobs, with their expiry and completion times parsed."""
     out = []
-    for job_id, project, status, state, expires, raw, first_seen in ledger.open_job_rows(states):
-        try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            data = {}
+    for row in ledger.open_job_rows(states):  # OpenJobRow (raw decoded; a str is read too)
+        data = row.raw
+        if isinstance(data, str):
+            try:
+                data = json.loads(data) if data else {}
+            except ValueError:
+                data = {}
         data = data if isinstance(data, dict) else {}
-        out.append(OpenJob(job_id, project, status, state, parse_time(expires),
-                           parse_time(data.get("completedAt")), first_seen, data))
+        out.append(OpenJob(row.job_id, row.project_id, row.status, row.state,
+                           parse_time(row.expires_at), parse_time(data.get("completedAt")),
+                           row.first_seen, data))
     return out
 
 
@@ -128,12 +134,13 @@ class Watcher:
     second; the config refuses less than 5 s). ``hints`` is the webhook queue, if any.
     """
 
-    def __init__(self, pipeline: Pipeline, settings: WatchSettings, *,
+    def __init__(self, rt: Runtime, settings: WatchSettings, dispatch, *,
                  hints: JobQueue | None = None, metrics=None,
                  poll_interval: float | None = None):
-        self.pipeline = pipeline
-        self.ledger = pipeline.ledger
-        self.source = pipeline.source
+        self.rt = rt
+        self.dispatch = dispatch    # jobs -> RunReport: archive them, or queue them
+        self.ledger = rt.ledger
+        self.source = rt.source
         self.interval = settings.poll_interval if poll_interval is None else poll_interval
         self.expiry_warning = settings.expiry_warning
         self.retry_max = settings.retry_max_delay
@@ -145,15 +152,15 @@ class Watcher:
         self.last_poll_ok: float | None = None   # time.time() of the last successful poll
         self.polls = 0
         self.poll_failures = 0
-        self._backoff: dict[str, tuple[int, float]] = {}  # job -> (failures, not before)
         self._warned = warned_jobs(self.ledger)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
         """Preflight the sinks once, then poll and serve hints until stopped."""
         try:
-            self.pipeline.preflight()
-            self.pipeline.recover()
+            from ..recovery import recover_dead_writers
+            self.rt.preflight()
+            recover_dead_writers(self.rt)
         except (ArchiverError, OSError) as exc:  # a sink we cannot write to: stop here
             return self._fail(f"preflight failed: {exc}")
         next_poll = time.monotonic()
@@ -172,7 +179,7 @@ class Watcher:
         return self.exit_code
 
     def stop(self) -> None:
-        """Stop taking work (the current pass is drained by the caller's pipeline)."""
+        """Stop taking work (the current pass is drained by the caller's runtime)."""
         self.stopping.set()
         if self.hints is not None:
             self.hints.close()
@@ -259,16 +266,12 @@ class Watcher:
         return set(projects) if projects is not None else None
 
     def _wanted(self, job: Job, state: str | None) -> bool:
-        if state in SETTLED:
-            return False
-        if state == INCOMPLETE and job.has_result:
-            _, not_before = self._backoff.get(job.id, (0, 0.0))
-            return time.monotonic() >= not_before
-        return True
+        # incomplete jobs in their backoff are refused by the claim (persisted not_before)
+        return state not in SETTLED
 
     def _vanished(self, listed: set[str], projects: set[str]) -> list[Job]:
         """Open jobs past their expiry that the listing no longer shows: re-read them;
-        gone (404/410) means lost, which the pipeline records from an ``expired`` job."""
+        gone (404/410) means lost, which the triage records from an ``expired`` job."""
         now = time.time()
         out = []
         for oj in open_jobs(self.ledger):
@@ -293,21 +296,21 @@ class Watcher:
         for job in jobs:
             if states.get(job.id) == INCOMPLETE and job.has_result:
                 self.metrics.job_retry()
-        report = self.pipeline.run(jobs=jobs, preflight=False)
+        report = self.dispatch(jobs)
         if report.auth_refused and not self.stopping.is_set():
-            # only a refused API key stops the pipeline by itself
+            # only a refused API key stops the service by itself
             self._fail(report.fatal)
             return report
-        for job_id in report.incomplete:
-            failures = self._backoff.get(job_id, (0, 0.0))[0] + 1
-            delay = min(self.retry_max, self.interval * 2 ** (failures - 1))
-            self._backoff[job_id] = (failures, time.monotonic() + delay)
-            if not self.stopping.is_set():
-                log.warning("job %s is incomplete (attempt %d); retrying in %s", job_id,
-                            failures, human(delay))
-        for job_id in [*report.archived, *report.lost, *report.nothing_to_store]:
-            self._backoff.pop(job_id, None)
+        self.log_report(report)
         return report
+
+    def log_report(self, report: RunReport) -> None:
+        """One line per job archived, incomplete or lost (workers' outcomes too)."""
+        if self.stopping.is_set():
+            return
+        for job_id, problems in report.incomplete.items():
+            log.warning("job %s is incomplete; retried after its backoff: %s", job_id,
+                        "; ".join(problems)[:500])
 
     def _warn_expiring(self) -> None:
         if self.expiry_warning <= 0:

@@ -5,12 +5,12 @@ loop re-reads that job through the API (and archives it if it is finished). Noth
 a payload is ever stored, so a forged delivery that slipped through could at worst cause
 one extra API read.
 
-Verification follows the Standard Webhooks scheme (decision 6 of the API notes):
+Verification follows the Standard Webhooks scheme (docs/plangrep-api.md, decision 6):
 ``webhook-id``, ``webhook-timestamp`` (Unix seconds) and ``webhook-signature`` (one or
 more space-separated ``v1,<base64 HMAC-SHA256>`` over ``"{id}.{timestamp}.{body}"``).
 
 **How the HMAC key is derived from a secret (decision).** Plangrep hands out per-job
-secrets like ``wss_…`` and documents nothing more; the API notes say "the secret being the
+secrets like ``wss_…`` and documents nothing more; docs/plangrep-api.md says "the secret being the
 ``wss_…`` string". So the key is the UTF-8 bytes of the whole secret exactly as shown,
 prefix included; that is what the emulator signs with. Two tolerated alternatives, equally
 safe because both need the secret: a Standard Webhooks ``whsec_<base64>`` secret uses the

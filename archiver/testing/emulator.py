@@ -11,7 +11,7 @@ Usage::
 Two servers run on 127.0.0.1 (standard library only): the API on ``base_url`` and a
 "storage" server on another port that serves pre-signed redirects and ``resultUrl``.
 
-Emulator decisions (the docs are silent; see /work/shared/plangrep-api.md, "Decisions"):
+Emulator decisions (the docs are silent; see docs/plangrep-api.md, "Decisions"):
 
 * Errors are ``{"error": {"code", "message"}}``: ``unauthorized`` 401, ``forbidden`` 403
   (missing scope: ``jobs:read`` for projects/jobs/result, ``artifacts:read`` for artifacts),

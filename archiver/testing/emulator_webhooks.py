@@ -1,6 +1,6 @@
 """Emulated Plangrep webhooks and job progression over time.
 
-Emulator decisions (the docs are silent; decision 6 of /work/shared/plangrep-api.md):
+Emulator decisions (the docs are silent; docs/plangrep-api.md, decision 6):
 
 * On every status change (``set_status``, ``expire``, a :class:`Timeline` step) the
   emulator POSTs ``{"type": "job.status_changed", "data": {"job": Job}}`` to the configured

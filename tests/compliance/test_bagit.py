@@ -18,7 +18,8 @@ from archiver.default_plugins.local import LocalSink
 from archiver.errors import ConfigError
 from archiver.hookspecs import hookimpl
 from archiver.ledger import open_ledger
-from archiver.pipeline import Pipeline
+from archiver import api
+from archiver.runtime import Runtime
 from archiver.plugins import build_plugin_manager
 
 TAGS = {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "audit.jsonl",
@@ -147,15 +148,15 @@ def test_tag_files_are_committed_after_every_payload_object(emu, tmp_path):
         """).replace("api_key: k", f"api_key: {emu.api_key}")
     loaded = load_config("x.yaml", plugins.registry, text=text)
     ledger = open_ledger(loaded.settings.state_dir)
-    pipeline = Pipeline(loaded, plugins, ledger)
-    assert pipeline.run().archived == [job["id"]]
+    pipeline = Runtime(loaded, plugins, ledger)
+    assert api.run(pipeline).archived == [job["id"]]
     pipeline.close()
     names = [k.split(f"{job['id']}/", 1)[1] for k in Recording.order]
     payload = [n for n in names if n.startswith("data/")]
     assert len(payload) == 5 and names[:5] == payload
     assert names[5:] == ["bagit.txt", "manifest-sha256.txt", "bag-info.txt", "audit.jsonl",
                          "tagmanifest-sha256.txt"]
-    assert {b["name"] for b in ledger.bag_files(job["id"], "rec")} == TAGS
+    assert {b.name for b in ledger.bag_files(job["id"], "rec")} == TAGS
     ledger.close()
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from archiver.config import load_config
 from archiver.ledger import open_ledger
-from archiver.pipeline import Pipeline
+from archiver import api
+from archiver.runtime import Runtime
 from archiver.plugins import build_plugin_manager
 from archiver.testing.configs import basic_config
 from archiver.testing.emulator import ArtifactSpec, Emulator
@@ -74,8 +75,8 @@ def test_three_sinks_one_download_each(clouds, tmp_path):
         cfg.write_text(text)
         loaded = load_config(cfg, plugins.registry, env={"PLANGREP_API_KEY": emu.api_key})
         ledger = open_ledger(loaded.settings.state_dir)
-        pipeline = Pipeline(loaded, plugins, ledger)
-        report = pipeline.run()
+        pipeline = Runtime(loaded, plugins, ledger)
+        report = api.run(pipeline)
         pipeline.close()
         assert report.archived == [job["id"]], report.as_dict()
         paths = emu.artifact_paths(job["id"])
@@ -112,8 +113,8 @@ def test_three_sinks_one_download_each(clouds, tmp_path):
             hashlib.sha256(gz).hexdigest()
 
         before = len(emu.requests)
-        pipeline = Pipeline(loaded, plugins, ledger)
-        again = pipeline.run()
+        pipeline = Runtime(loaded, plugins, ledger)
+        again = api.run(pipeline)
         pipeline.close()
         assert again.archived == [] and again.objects_written == 0 and again.skipped == 1
         assert emu.count(route="artifact") + emu.count(route="project_artifact") == len(paths)

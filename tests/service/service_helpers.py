@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from archiver.runtime import Runtime
 from archiver.config import load_config
 from archiver.ledger import open_ledger
 from archiver.plugins import build_plugin_manager
@@ -68,7 +69,7 @@ class ServiceFactory:
         loaded = load_config(path, plugins.registry,
                              env={"PLANGREP_API_KEY": key or emu.api_key})
         ledger = open_ledger(loaded.settings.state_dir)
-        svc = Service(loaded, plugins, ledger, serve=serve, poll_interval=poll)
+        svc = Service(Runtime(loaded, plugins, ledger), serve=serve, poll_interval=poll)
         self.made.append((svc, ledger))
         svc.start()
         if wait_first_poll:
@@ -79,6 +80,7 @@ class ServiceFactory:
     def close_all(self) -> None:
         for svc, ledger in self.made:
             svc.close()
+            svc.rt.close()
             ledger.close()
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from service_helpers import partials, service_config, wait_for
 
+from archiver.runtime import Runtime
 from archiver.config import load_config
 from archiver.ledger import WAITING, open_ledger
 from archiver.model import Job
@@ -201,7 +202,7 @@ def test_real_signals_first_drains_second_aborts(emu, tmp_path):
     loaded = load_config(service_config(emu, tmp_path, watch="grace_period: 3600\n"),
                          plugins.registry, env={"PLANGREP_API_KEY": emu.api_key})
     ledger = open_ledger(loaded.settings.state_dir)
-    svc = Service(loaded, plugins, ledger, serve=False, poll_interval=3600)
+    svc = Service(Runtime(loaded, plugins, ledger), serve=False, poll_interval=3600)
     before = signal.getsignal(signal.SIGTERM)
 
     errors = []
@@ -210,10 +211,10 @@ def test_real_signals_first_drains_second_aborts(emu, tmp_path):
         try:
             wait_for(lambda: _slow_started(emu))
             os.kill(os.getpid(), signal.SIGTERM)
-            wait_for(lambda: svc.pipeline.draining.is_set())
-            assert not svc.pipeline.stop.is_set()
+            wait_for(lambda: svc.rt.draining.is_set())
+            assert not svc.rt.stop.is_set()
             os.kill(os.getpid(), signal.SIGINT)
-            wait_for(lambda: svc.pipeline.stop.is_set())
+            wait_for(lambda: svc.rt.stop.is_set())
         except BaseException as exc:  # noqa: BLE001 - reported below; never leave run() waiting
             errors.append(exc)
             svc.abort()

@@ -51,7 +51,7 @@ def error_code(resp):
 
 
 def walk_artifacts(node):
-    """Decision 1: objects with an artifact-route url carrying ``path``, or with path+url."""
+    """docs/plangrep-api.md, decision 1: objects with an artifact-route url carrying ``path``, or with path+url."""
     if isinstance(node, dict):
         url = node.get("url")
         if isinstance(url, str):

@@ -13,17 +13,18 @@ from .client import api_error, emulator_host, google_errors, status_of
 from .session import CONTENT_TYPE, cancel_session
 
 if TYPE_CHECKING:
-    from .sink import GCSSink
+    from .gateway import GCSGateway
 
 log = logging.getLogger("archiver_gcs.preflight")
 PREFLIGHT_DIR = ".archiver-preflight"
 
 
-def run_preflight(sink: GCSSink) -> None:
-    """Raise SinkError naming the sink unless the bucket exists and takes our writes."""
-    cfg, label = sink.config, sink.label
+def run_preflight(gw: GCSGateway) -> None:
+    """Raise SinkError naming the sink unless the bucket exists and takes our writes
+    (``gw`` is the sink's gateway: its clients, bucket and prefix)."""
+    cfg, label = gw.config, gw.label
     where = f"gs://{cfg.bucket}"
-    bucket = sink.bucket()
+    bucket = gw.bucket()
     props = None
     try:
         bucket.reload()
@@ -42,7 +43,7 @@ def run_preflight(sink: GCSSink) -> None:
         log.info("sink %s: no storage.buckets.get on %s; checking writes only", label, where)
     if cfg.retention and props is not None:
         check_object_retention(props, label, cfg.bucket, emulated=bool(emulator_host()))
-    _probe_write(sink, props)
+    _probe_write(gw, props)
 
 
 def check_object_retention(props: dict, label: str, bucket: str, emulated: bool) -> None:
@@ -61,23 +62,23 @@ def check_object_retention(props: dict, label: str, bucket: str, emulated: bool)
                     "--enable-per-object-retention, or remove 'retention'")
 
 
-def _probe_write(sink: GCSSink, props: dict | None) -> None:
+def _probe_write(gw: GCSGateway, props: dict | None) -> None:
     """Create and delete a zero-byte object under ``<prefix>/.archiver-preflight/``.
 
     In a bucket whose retention policy or default event-based hold would make that
     object undeletable, open and cancel a resumable session instead (the same
     ``storage.objects.create`` check, and nothing is ever created).
     """
-    cfg, label = sink.config, sink.label
+    cfg, label = gw.config, gw.label
     name = join_prefix(cfg.prefix, f"{PREFLIGHT_DIR}/{uuid.uuid4().hex}")
     where = f"gs://{cfg.bucket}/{name}"
-    blob = sink.new_blob(name, {"purpose": "archiver preflight"}, sha256=None)
+    blob = gw.new_blob(name, {"purpose": "archiver preflight"}, sha256=None)
     sticky = bool(props and (props.get("retentionPolicy") or props.get("defaultEventBasedHold")))
     try:
         if sticky:
             url = blob.create_resumable_upload_session(content_type=CONTENT_TYPE, checksum=None,
                                                        if_generation_match=0)
-            cancel_session(sink.http(), url, f"sink {label}: preflight")
+            cancel_session(gw.http(), url, f"sink {label}: preflight")
             return
         blob.upload_from_string(b"", content_type=CONTENT_TYPE, if_generation_match=0)
     except google_errors() as exc:

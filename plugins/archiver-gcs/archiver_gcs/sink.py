@@ -1,5 +1,9 @@
 """The ``gcs`` sink: objects in a Google Cloud Storage bucket under an optional prefix.
 
+This module is the :class:`~archiver.components.Sink` contract and nothing else. Every
+request to the bucket goes through :class:`~archiver_gcs.gateway.GCSGateway`;
+``writer.py`` holds the upload protocol and ``preflight.py`` the online checks.
+
 Every object carries our ``sha256`` as custom metadata, written atomically with the
 object (simple uploads without retention or holds) or right after GCS confirmed the
 bytes (resumable uploads; retention and holds). An object at one of our keys *without*
@@ -9,44 +13,24 @@ verifies its bytes by streaming them and then completes the commit.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
 
 from archiver.components import Sink
-from archiver.errors import ConflictError, SinkError
-from archiver.keys import join_prefix
+from archiver.errors import SinkError
 from archiver.model import StoredObject
 
-from .client import (
-    api_error,
-    blob_facts,
-    google_errors,
-    load_credentials,
-    make_client,
-    make_session,
-    redact,
-    resource,
-    status_of,
-)
+from .client import redact, resource
 from .config import GCSConfig
-from .session import cancel_session
+from .gateway import GCSGateway
 from .writer import TOKEN_PREFIX, GCSWriter
-
-log = logging.getLogger("archiver_gcs.sink")
-READ_CHUNK = 4 << 20
-MAX_NAME_BYTES = 1024  # GCS object name limit
 
 
 class GCSSink(Sink):
     """Stores objects in ``gs://bucket/prefix/...``; never overwrites an object.
 
-    Clients are created lazily, one per thread (the SDK's HTTP session is not meant to be
-    shared between threads), so building the sink does no I/O.
+    Building the sink does no I/O: the gateway creates its clients on first use.
     """
 
     name: ClassVar[str] = "gcs"
@@ -57,86 +41,21 @@ class GCSSink(Sink):
 
     def __init__(self, config: GCSConfig, label: str = ""):
         super().__init__(config, label)
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._credentials = None
-        self._opened: list[Any] = []  # clients and sessions to close
-        self._discarded: set[str] = set()
+        self.gateway = GCSGateway(config, self.label)
+        self._discarded: set[str] = set()  # writer ids whose pending upload was discarded
 
     def __repr__(self) -> str:
-        return f"<GCSSink {self.label} gs://{self.config.bucket}/{self._prefix()}>"
-
-    # ------------------------------------------------------------------ plumbing
-    def _prefix(self) -> str:
-        return join_prefix(self.config.prefix, "")
-
-    def client(self):
-        """This thread's ``google.cloud.storage.Client``."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = make_client(self.config, self._creds())
-            self._local.client = client
-            with self._lock:
-                self._opened.append(client)
-        return client
-
-    def http(self):
-        """This thread's authorized ``requests`` session (resumable chunk uploads)."""
-        session = getattr(self._local, "http", None)
-        if session is None:
-            session = make_session(self._creds())
-            self._local.http = session
-            with self._lock:
-                self._opened.append(session)
-        return session
-
-    def _creds(self):
-        with self._lock:
-            if self._credentials is None:
-                self._credentials = load_credentials(self.config, self.label)
-            return self._credentials
-
-    def bucket(self):
-        return self.client().bucket(self.config.bucket)
+        return f"<GCSSink {self.label} gs://{self.config.bucket}/{self.gateway.prefix()}>"
 
     def object_name(self, key: str) -> str:
-        """The GCS object name of ``key``: prefix + key (keys come from archiver.keys)."""
-        problem = None
-        if not isinstance(key, str) or not key:
-            problem = "the key is empty"
-        elif key.startswith("/") or any(s in ("", ".", "..") for s in key.split("/")):
-            problem = "the key has a leading '/' or an empty, '.' or '..' segment"
-        elif any(c in key for c in "\r\n\x00"):
-            problem = "the key contains CR, LF or NUL"
-        name = join_prefix(self.config.prefix, key) if problem is None else ""
-        if problem is None and len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-            problem = f"the object name is longer than {MAX_NAME_BYTES} bytes"
-        if problem:
-            raise SinkError(f"sink {self.label}: refusing key {key!r}: {problem}")
-        return name
+        """The GCS object name of ``key`` (SinkError for a key GCS cannot name)."""
+        return self.gateway.object_name(key)
 
     def describe(self, key: str) -> str:
-        return f"gs://{self.config.bucket}/{join_prefix(self.config.prefix, key)}"
+        return self.gateway.describe(key)
 
-    def _where(self, key: str) -> str:
-        return f"sink {self.label}: {self.describe(key)}"
-
-    def new_blob(self, name: str, metadata: dict[str, str], sha256: str | None):
-        """A Blob to upload: metadata, storage class and KMS key as configured."""
-        blob = self.bucket().blob(name, kms_key_name=self.config.kms_key_name)
-        meta = {**metadata, "sha256": sha256} if sha256 else dict(metadata)
-        if meta:
-            blob.metadata = meta
-        if self.config.storage_class:
-            blob.storage_class = self.config.storage_class
-        return blob
-
-    def get_blob(self, name: str):
-        try:
-            return self.bucket().get_blob(name)
-        except google_errors() as exc:
-            raise SinkError(f"sink {self.label}: reading gs://{self.config.bucket}/{name}: "
-                            f"{api_error(exc)}") from None
+    def close(self) -> None:
+        self.gateway.close()
 
     # ------------------------------------------------------------------ writing
     def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> GCSWriter:
@@ -145,159 +64,23 @@ class GCSSink(Sink):
         meta.pop("sha256", None)  # ours, written at commit
         return GCSWriter(self, key, name, meta)
 
-    def settle_new(self, key: str, props: dict, digests: dict[str, str], size: int,
-                   crc32c: str, md5: str | None) -> StoredObject:
-        """Verify an object we just created against our digests, then finish its commit."""
-        sha256 = digests["sha256"]
-        problems = []
-        if str(props.get("size")) != str(size):
-            problems.append(f"size {props.get('size')} != {size}")
-        if props.get("crc32c") != crc32c:
-            problems.append(f"crc32c {props.get('crc32c')} != {crc32c}")
-        if md5 and props.get("md5Hash") and props["md5Hash"] != md5:
-            problems.append(f"md5 {props['md5Hash']} != {md5}")
-        if problems:
-            gone = self._delete(props, "the upload failed verification")
-            raise SinkError(f"{self._where(key)}: GCS holds other bytes than were sent "
-                            f"({'; '.join(problems)}); {gone}")
-        if self.config.compliance or (props.get("metadata") or {}).get("sha256") != sha256:
-            props = self._finish(key, props, sha256, created=True)
-        return self._stored(key, props, dict(digests), existed=False)
-
-    def settle_existing(self, key: str, digests: dict[str, str], size: int,
-                        blob=None) -> StoredObject:
-        """GCS refused to create ``key``: identical bytes are success, others a conflict."""
-        sha256 = digests["sha256"]
-        name = self.object_name(key)
-        blob = blob if blob is not None else self.get_blob(name)
-        if blob is None:
-            raise SinkError(f"{self._where(key)}: GCS reported the key as taken but it is gone "
-                            "now; the next attempt will store it")
-        props = resource(blob)
-        theirs = (props.get("metadata") or {}).get("sha256")
-        unfinished = theirs is None
-        if unfinished and str(props.get("size")) == str(size):
-            theirs = self._hash_stored(key, blob)
-        if theirs != sha256:
-            raise ConflictError(
-                f"sink {self.label}: key {key!r} already holds different bytes at "
-                f"{self.describe(key)} (stored: {props.get('size')} bytes, sha256 "
-                f"{theirs or 'not recorded'}; new: {size} bytes, sha256 {sha256}); "
-                "the stored object was left untouched")
-        if unfinished:
-            log.info("%s: completing an interrupted commit (sha256 metadata was missing)",
-                     self._where(key))
-            props = self._finish(key, props, sha256, created=False)
-        return self._stored(key, props, dict(digests), existed=True)
-
-    def _finish(self, key: str, props: dict, sha256: str, created: bool) -> dict:
-        """Record sha256 and apply retention/holds (only after the bytes were verified)."""
-        cfg = self.config
-        blob = self.bucket().blob(props["name"])
-        blob.metadata = {**(props.get("metadata") or {}), "sha256": sha256}
-        if cfg.temporary_hold:
-            blob.temporary_hold = True
-        if cfg.event_based_hold:
-            blob.event_based_hold = True
-        if cfg.retention:
-            blob.retention.mode = cfg.retention.mode
-            blob.retention.retain_until_time = cfg.retention.until()
-        try:
-            metageneration = props.get("metageneration")  # fake-gcs-server may omit it
-            blob.patch(if_generation_match=int(props["generation"]),
-                       if_metageneration_match=int(metageneration) if metageneration else None)
-            return resource(blob)
-        except google_errors() as exc:
-            if status_of(exc) == 412:  # changed meanwhile: fine if a twin writer finished it
-                again = self.get_blob(props["name"])
-                if again is not None and (again.metadata or {}).get("sha256") == sha256:
-                    return resource(again)
-            what = "record sha256" + (" and apply retention/holds" if cfg.compliance else "")
-            outcome = (self._delete(props, "its commit could not be completed") if created
-                       else "the object was left as it is")
-            raise SinkError(f"{self._where(key)}: could not {what}: {api_error(exc)}; "
-                            f"{outcome}") from None
-
-    def _delete(self, props: dict, why: str) -> str:
-        """Delete the generation we created; returns what happened, for the error message."""
-        blob = self.bucket().blob(props["name"])
-        try:
-            blob.delete(if_generation_match=int(props["generation"]))
-        except google_errors() as exc:
-            log.error("sink %s: gs://%s/%s: %s and could not be deleted: %s", self.label,
-                      self.config.bucket, props["name"], why, api_error(exc))
-            return f"deleting it failed too ({api_error(exc)})"
-        return "the object was deleted, the next run stores it again"
-
-    def _hash_stored(self, key: str, blob) -> str:
-        digest = hashlib.sha256()
-        with self._reader(key, blob) as chunks:
-            for chunk in chunks:
-                digest.update(chunk)
-        return digest.hexdigest()
-
-    def _stored(self, key: str, props: dict, digests: dict[str, str],
-                existed: bool) -> StoredObject:
-        checksum, extra = blob_facts(props)
-        return StoredObject(sink=self.label, key=key, size=int(props.get("size") or 0),
-                            digests=digests, provider_checksum=checksum,
-                            location=self.describe(key), existed=existed, extra=extra)
-
     # ------------------------------------------------------------------ reading
     def stat(self, key: str) -> StoredObject | None:
-        blob = self.get_blob(self.object_name(key))
+        blob = self.gateway.get_blob(self.object_name(key))
         if blob is None:
             return None
         sha256 = (blob.metadata or {}).get("sha256")
-        return self._stored(key, resource(blob), {"sha256": sha256} if sha256 else {},
-                            existed=True)
+        return self.gateway.stored(key, resource(blob), {"sha256": sha256} if sha256 else {},
+                                   existed=True)
 
-    @contextmanager
-    def open_read(self, key: str) -> Iterator[Iterator[bytes]]:
-        blob = self.get_blob(self.object_name(key))
-        if blob is None:
-            raise SinkError(f"{self._where(key)}: no such object")
-        with self._reader(key, blob) as chunks:
-            yield chunks
-
-    @contextmanager
-    def _reader(self, key: str, blob) -> Iterator[Iterator[bytes]]:
-        """Chunks of the blob's generation (pinned: a replaced object cannot mix in)."""
-        if not blob.size:
-            yield iter(())
-            return
-        try:
-            reader = blob.open("rb", chunk_size=READ_CHUNK, raw_download=True)
-        except google_errors() as exc:
-            raise SinkError(f"{self._where(key)}: {api_error(exc)}") from None
-
-        def chunks() -> Iterator[bytes]:
-            while True:
-                try:
-                    data = reader.read(READ_CHUNK)
-                except google_errors() as exc:
-                    raise SinkError(f"{self._where(key)}: reading failed: "
-                                    f"{api_error(exc)}") from None
-                if not data:
-                    return
-                yield data
-
-        try:
-            yield chunks()
-        finally:
-            reader.close()
+    def open_read(self, key: str) -> AbstractContextManager[Iterator[bytes]]:
+        return self.gateway.stream(key)
 
     # ------------------------------------------------------------------ compliance
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Keys below ``prefix`` (sink-relative), for fixity audits finding files nobody
         recorded (``archiver verify``). Needs ``storage.objects.list``."""
-        base = self._prefix()
-        try:
-            for blob in self.client().list_blobs(self.config.bucket, prefix=base + prefix):
-                yield blob.name[len(base):]
-        except google_errors() as exc:
-            raise SinkError(f"sink {self.label}: listing gs://{self.config.bucket}/"
-                            f"{base + prefix}: {api_error(exc)}") from None
+        return self.gateway.keys(prefix)
 
     def retention(self, key: str) -> dict[str, Any] | None:
         """Retention and holds an object written at ``key`` now would receive (no I/O)."""
@@ -318,25 +101,19 @@ class GCSSink(Sink):
         return ident in self._discarded
 
     def discard(self, pending: str) -> None:
-        """Cancel the resumable session a crashed (or abandoned) writer left open."""
+        """Cancel the resumable session a crashed (or abandoned) writer left open.
+
+        The session URL is read from the ledger, so it is only used when it is an upload
+        session of this bucket on the configured endpoint (our credentials go nowhere
+        else). A writer of this process with that token can no longer commit.
+        """
         ident, _, url = pending.partition(" ")
         if not ident.startswith(TOKEN_PREFIX):
             raise SinkError(f"sink {self.label}: {redact(pending)[:60]!r} is not a pending "
                             "token of a gcs writer")
         self._discarded.add(ident)  # a live writer of this process can no longer commit
         if url:
-            self._check_session_url(url)
-            cancel_session(self.http(), url, f"sink {self.label}: discarding {ident}")
-
-    def _check_session_url(self, url: str) -> None:
-        """Only ever send our credentials to our endpoint and bucket (the ledger is data)."""
-        parts, expected = urlsplit(url), urlsplit(self.client().api_endpoint)
-        path_ok = parts.path == f"/upload/storage/v1/b/{self.config.bucket}/o"
-        if ((parts.scheme, parts.netloc) != (expected.scheme, expected.netloc) or not path_ok
-                or "upload_id" not in parse_qs(parts.query)):
-            raise SinkError(f"sink {self.label}: refusing to discard a session at "
-                            f"{parts.scheme}://{parts.netloc}{parts.path}: not an upload "
-                            f"session of gs://{self.config.bucket} on {expected.netloc}")
+            self.gateway.cancel_session(url, f"sink {self.label}: discarding {ident}")
 
     def cleanup(self, older_than: float) -> list[str]:
         """GCS cannot list open resumable sessions, so there is nothing to find here.
@@ -351,15 +128,4 @@ class GCSSink(Sink):
         """Bucket exists, object retention enabled when asked for, writes permitted."""
         from .preflight import run_preflight
 
-        run_preflight(self)
-
-    def close(self) -> None:
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for thing in opened:
-            try:
-                thing.close()
-            except Exception:  # noqa: BLE001 - closing must not hide the run's outcome
-                log.debug("sink %s: closing %r failed", self.label, type(thing).__name__)
-        self._local = threading.local()
-
+        run_preflight(self.gateway)

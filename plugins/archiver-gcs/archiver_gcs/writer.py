@@ -55,6 +55,7 @@ class GCSWriter(Writer):
         import google_crc32c
 
         self._sink, self._key, self._name = sink, key, name
+        self._gw = sink.gateway  # every GCS request goes through it
         self._metadata = metadata
         self._where = f"sink {sink.label}: {sink.describe(key)}"
         self._ident = TOKEN_PREFIX + secrets.token_hex(12)
@@ -94,7 +95,7 @@ class GCSWriter(Writer):
                 self._drain()
 
     def _start_session(self) -> None:
-        blob = self._sink.new_blob(self._name, self._metadata, sha256=None)
+        blob = self._gw.new_blob(self._name, self._metadata, sha256=None)
         try:
             url = blob.create_resumable_upload_session(
                 content_type=CONTENT_TYPE, checksum=None, if_generation_match=0)
@@ -104,7 +105,7 @@ class GCSWriter(Writer):
                 return
             raise SinkError(f"{self._where}: could not start a resumable upload: "
                             f"{api_error(exc)}") from None
-        self._session = ResumableSession(self._sink.http(), url, self._where)
+        self._session = ResumableSession(self._gw.http(), url, self._where)
 
     def _drain(self) -> None:
         """Send every full chunk in the buffer; keep the rest (less than one chunk)."""
@@ -128,7 +129,7 @@ class GCSWriter(Writer):
         try:
             with self._failing_on_error():
                 if self._taken:
-                    stored = self._sink.settle_existing(self._key, digests, self._size)
+                    stored = self._gw.settle_existing(self._key, digests, self._size)
                 elif self._session is None:
                     stored = self._commit_simple(digests)
                 else:
@@ -149,9 +150,9 @@ class GCSWriter(Writer):
         mode = self._sink.config.checksum
         # With retention or holds to apply, sha256 is written with them after verification,
         # so an object without sha256 metadata is recognisably one whose commit was cut short.
-        blob = self._sink.new_blob(self._name, self._metadata,
-                                   sha256=None if self._sink.config.compliance
-                                   else digests["sha256"])
+        blob = self._gw.new_blob(self._name, self._metadata,
+                                 sha256=None if self._sink.config.compliance
+                                 else digests["sha256"])
         if mode in ("crc32c", "both"):
             blob.crc32c = crc
         if mode in ("md5", "both"):
@@ -162,16 +163,16 @@ class GCSWriter(Writer):
                                   if_generation_match=0, checksum=None)
         except google_errors() as exc:
             if getattr(exc, "code", None) == 412:
-                return self._sink.settle_existing(self._key, digests, self._size)
+                return self._gw.settle_existing(self._key, digests, self._size)
             raise SinkError(f"{self._where}: upload failed: {api_error(exc)}") from None
-        return self._sink.settle_new(self._key, resource(blob), digests, self._size, crc, md5)
+        return self._gw.settle_new(self._key, resource(blob), digests, self._size, crc, md5)
 
     def _commit_resumable(self, digests: dict[str, str]) -> StoredObject:
         self._drain()
-        existing = self._sink.get_blob(self._name)
+        existing = self._gw.get_blob(self._name)
         if existing is not None:
             self._cancel_quietly()
-            return self._sink.settle_existing(self._key, digests, self._size, blob=existing)
+            return self._gw.settle_existing(self._key, digests, self._size, blob=existing)
         crc, md5 = self._hashes()
         mode = self._sink.config.checksum
         hashes = ",".join(h for h in (f"crc32c={crc}" if mode in ("crc32c", "both") else "",
@@ -180,9 +181,9 @@ class GCSWriter(Writer):
             with memoryview(self._buf) as rest:
                 props = self._session.send(rest, total=self._size, hashes=hashes)
         except ObjectExists:
-            return self._sink.settle_existing(self._key, digests, self._size)
+            return self._gw.settle_existing(self._key, digests, self._size)
         self._buf = bytearray()
-        return self._sink.settle_new(self._key, props, digests, self._size, crc, md5)
+        return self._gw.settle_new(self._key, props, digests, self._size, crc, md5)
 
     # ------------------------------------------------------------------ aborting
     def abort(self) -> None:

@@ -11,7 +11,7 @@ buffers are allocated once and reused, and reach boto3 as seekable views
 boto3's ``upload_fileobj`` is not used: it pulls from a file object and, fed a stream with
 short reads, silently falls back to a single PutObject. Both PutObject and
 CompleteMultipartUpload carry ``If-None-Match: *``, so an existing object is never
-replaced; the sink then compares digests (identical: ``existed=True``; different:
+replaced; the gateway then compares digests (identical: ``existed=True``; different:
 :class:`~archiver.errors.ConflictError`).
 
 ``abort`` may run on another thread (a signal handler's path) while ``write`` or
@@ -34,7 +34,6 @@ from archiver.errors import ArchiverError, SinkError
 from archiver.model import StoredObject
 
 from . import awserrors, checksums
-from .body import BufferBody
 from .config import MAX_PARTS, SHA256_METADATA
 
 if TYPE_CHECKING:
@@ -54,6 +53,7 @@ class S3Writer(Writer):
     def __init__(self, sink: "S3Sink", key: str, full_key: str, metadata: dict[str, str]):
         cfg = sink.config
         self._sink, self.key, self.full_key = sink, key, full_key
+        self._gw = sink.gateway  # every S3 request goes through it
         self._bucket = cfg.bucket
         self._part_size, self._threshold = cfg.part_size, cfg.multipart_threshold
         self._max_in_flight = cfg.max_parts_in_flight
@@ -76,7 +76,7 @@ class S3Writer(Writer):
         self.stats = {"in_flight": 0, "max_in_flight": 0, "waits": 0, "parts": 0}
 
     def __repr__(self) -> str:
-        return f"S3Writer({self._sink.describe(self.key)!r}, state={self._state})"
+        return f"S3Writer({self._gw.describe(self.key)!r}, state={self._state})"
 
     # ------------------------------------------------------------------ token
     @property
@@ -97,7 +97,7 @@ class S3Writer(Writer):
 
     # ------------------------------------------------------------------ helpers
     def _where(self) -> str:
-        return f"sink {self._sink.label!r}: key {self.key!r} ({self._sink.describe(self.key)})"
+        return f"sink {self._gw.label!r}: key {self.key!r} ({self._gw.describe(self.key)})"
 
     def _check_open(self, action: str) -> None:
         if self._state != "open":
@@ -149,16 +149,13 @@ class S3Writer(Writer):
         return bytearray(self._part_size)
 
     def _start_multipart(self) -> None:
-        params = self._sink.object_params(self.full_key, self._metadata)
-        params["ChecksumType"] = checksums.multipart_type(self._algorithm)
         try:
-            resp = self._sink.client.create_multipart_upload(**params)
+            upload_id = self._gw.start_upload(self.full_key, self._metadata)
         except Exception as exc:
             with self._cond:
                 if self._state == "open":
                     self._state = "failed"
             raise self._sink_error("starting the multipart upload", exc) from exc
-        upload_id = resp["UploadId"]
         with self._cond:
             lost = self._state != "open"
             if not lost:
@@ -166,7 +163,7 @@ class S3Writer(Writer):
                 self._pool = ThreadPoolExecutor(self._max_in_flight,
                                                 thread_name_prefix="archiver-s3-part")
         if lost:  # abort() ran on another thread while the upload was being created
-            self._sink.abort_upload(self._bucket, self.full_key, upload_id)
+            self._gw.abort_upload(self._bucket, self.full_key, upload_id)
             raise SinkError(f"{self._where()}: cannot write: the writer is {self._state}")
         log.debug("%s: multipart upload %s started", self._where(), upload_id)
 
@@ -231,18 +228,9 @@ class S3Writer(Writer):
     def _upload_part(self, number: int, data: bytes | bytearray) -> None:
         if self._state not in ("open", "committing") or self._error is not None:
             return
-        digest = checksums.part_checksum(self._algorithm, data)
-        value = checksums.b64(digest)
-        name = f"Checksum{self._algorithm}"
-        resp = self._sink.client.upload_part(
-            Bucket=self._bucket, Key=self.full_key, UploadId=self._upload_id,
-            PartNumber=number, Body=BufferBody(data), ContentLength=len(data),
-            ChecksumAlgorithm=self._algorithm, **{name: value})
-        if resp.get(name) not in (None, value):
-            raise SinkError(f"S3 reports checksum {resp.get(name)} for part {number}, "
-                            f"we sent {value}")
+        entry, digest = self._gw.upload_part(self.full_key, self._upload_id, number, data)
         with self._cond:
-            self._parts[number] = {"PartNumber": number, "ETag": resp["ETag"], name: value}
+            self._parts[number] = entry
             self._part_digests[number] = digest
             self.stats["parts"] += 1
             if (len(data) == self._part_size and len(self._free) < self._max_in_flight
@@ -292,21 +280,18 @@ class S3Writer(Writer):
         return self._complete(sha256, digests)
 
     def _put(self, sha256: str, digests: dict[str, str]) -> StoredObject:
-        params = self._sink.object_params(self.full_key,
-                                          {**self._metadata, SHA256_METADATA: sha256})
         expected = self._running.full_object()
         body, self._buf = self._buf, bytearray()  # handed over whole: no copy
         try:
-            resp = self._sink.conditional(
-                self._sink.client.put_object, Body=BufferBody(body), IfNoneMatch="*",
-                **{f"Checksum{self._algorithm}": expected}, **params)
+            resp = self._gw.put_new(self.full_key, body,
+                                    {**self._metadata, SHA256_METADATA: sha256}, expected)
         except Exception as exc:
-            if awserrors.code(exc) in awserrors.PRECONDITION_FAILED:
-                return self._sink.match_existing(self.key, sha256, digests)
             raise self._sink_error("PutObject", exc) from exc
+        if resp is None:  # the key is taken: same bytes or a conflict
+            return self._gw.match_existing(self.key, sha256, digests)
         log.debug("%s: stored with one PutObject (%d bytes)", self._where(), len(body))
-        return self._sink.verify_stored(self.key, resp, digests, expected, "FULL_OBJECT",
-                                        self.size)
+        return self._gw.verify_stored(self.key, resp, digests, expected, "FULL_OBJECT",
+                                      self.size)
 
     def _complete(self, sha256: str, digests: dict[str, str]) -> StoredObject:
         if self._fill or self._next_part == 1:
@@ -326,20 +311,18 @@ class S3Writer(Writer):
                 self._algorithm, [self._part_digests[n] for n in sorted(self._part_digests)])
             extra = {}
         try:
-            resp = self._sink.conditional(
-                self._sink.client.complete_multipart_upload, Bucket=self._bucket,
-                Key=self.full_key, UploadId=self._upload_id, IfNoneMatch="*",
-                MultipartUpload={"Parts": parts}, MpuObjectSize=self.size, **extra)
+            resp = self._gw.complete_new(self.full_key, self._upload_id, parts, self.size,
+                                         extra)
         except Exception as exc:
-            if awserrors.code(exc) in awserrors.PRECONDITION_FAILED:
-                stored = self._sink.match_existing(self.key, sha256, digests)
-                self._abort_upload()  # ours is not needed: the same bytes are there
-                return stored
             raise self._sink_error("CompleteMultipartUpload", exc) from exc
+        if resp is None:  # the key is taken: same bytes or a conflict
+            stored = self._gw.match_existing(self.key, sha256, digests)
+            self._abort_upload()  # ours is not needed: the same bytes are there
+            return stored
         log.debug("%s: multipart upload %s completed (%d parts)", self._where(),
                   self._upload_id, len(parts))
-        self._sink.tag_sha256(self.key, resp.get("VersionId"), sha256)
-        return self._sink.verify_stored(self.key, resp, digests, expected, kind, self.size)
+        self._gw.tag_sha256(self.key, resp.get("VersionId"), sha256)
+        return self._gw.verify_stored(self.key, resp, digests, expected, kind, self.size)
 
     # ------------------------------------------------------------------ abort
     def abort(self) -> None:
@@ -373,7 +356,7 @@ class S3Writer(Writer):
 
     def _abort_upload(self) -> None:
         if self._upload_id:
-            self._sink.abort_upload(self._bucket, self.full_key, self._upload_id)
+            self._gw.abort_upload(self._bucket, self.full_key, self._upload_id)
 
     def _finish(self) -> None:
         pool, self._pool = self._pool, None

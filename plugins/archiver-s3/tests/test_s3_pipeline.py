@@ -10,7 +10,8 @@ from s3_testing import MiB, uploads
 
 from archiver.config import load_config
 from archiver.ledger import open_ledger
-from archiver.pipeline import Pipeline
+from archiver import api
+from archiver.runtime import Runtime
 from archiver.plugins import build_plugin_manager
 from archiver.testing.emulator import ArtifactSpec
 
@@ -49,9 +50,9 @@ def run(emu, tmp_path, endpoint, bucket, attempts=4):
                          text=config_text(emu, tmp_path, endpoint, bucket, attempts),
                          env={"PLANGREP_API_KEY": emu.api_key})
     ledger = open_ledger(loaded.settings.state_dir)
-    pipeline = Pipeline(loaded, plugins, ledger)
+    pipeline = Runtime(loaded, plugins, ledger)
     try:
-        return pipeline.run(), ledger.job_report
+        return api.run(pipeline), ledger.job_report
     finally:
         pipeline.close()
 

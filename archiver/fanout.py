@@ -1,25 +1,30 @@
-"""Store one object (an artifact, job.json or result.json) in every sink that lacks it.
+"""Fan-out: store one object (an artifact, job.json or result.json) in every sink that
+lacks it, from one download.
 
-One download feeds the common chain; its output is split into each sink's chain and
+The download feeds the common chain; its output is split into each sink's chain and
 writer. A sink whose chain or writer fails is aborted alone; the others go on. A dropped
 download aborts every writer and restarts the object from the first byte (the API
 promises no ranges). Nothing is visible at a key before its writer commits.
+
+Inputs are narrow (:class:`StoreContext`): the source, the sinks, the transforms, the
+ledger and the stop conditions; this module builds the chains itself.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
+from .chain import build_chains, chain_facts, stored_digests
+from .components import ArtifactContext, Sink, Source, Transform
 from .errors import ArchiverError, ConflictError, SourceError, TransformError
 from .model import Artifact, ArtifactResult, Job, StoredObject
+from .retry import RetryPolicy
 from .tracked import TrackedWriter
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
-
-log = logging.getLogger("archiver.writeout")
+log = logging.getLogger("archiver.fanout")
 
 
 class Interrupted(ArchiverError):
@@ -35,6 +40,33 @@ class Item:
     keys: dict[str, str]         # sink name -> key
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class StoreContext:
+    """What storing one object needs, and nothing else."""
+
+    source: Source
+    sinks: dict[str, Sink]
+    common: list[Transform]
+    per_sink: dict[str, list[Transform]]
+    ledger: Any                              # archiver.ledger.RunLedger
+    policy: RetryPolicy
+    stopped: Callable[[], bool] = _never     # abort in-flight writers now
+    draining: Callable[[], bool] = _never    # start nothing new
+    owner: str | None = None                 # worker id, recorded with pending tokens
+    wait: Callable[[float], bool] = field(default=lambda s: False)  # sleep; True if stopped
+
+    def chains(self, job: Job, artifact: Artifact | None, key: str):
+        ctx = ArtifactContext(job, artifact, key)
+        if artifact is None:  # job.json / result.json are stored byte-exact, untransformed
+            return build_chains([], {n: [] for n in self.sinks}, ctx)
+        return build_chains(self.common, {n: self.per_sink.get(n, []) for n in self.sinks},
+                            ctx)
+
+
 class _Out:
     """One sink's chain and tracked writer for the current attempt."""
 
@@ -47,13 +79,13 @@ def _what(job: Job, item: Item) -> str:
     return f"job {job.id} {item.kind} {item.path!r}"
 
 
-def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResult:
+def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactResult:
     res = ArtifactResult(job.id, item.path, item.kind)
     needed = [s for s in p.sinks if (item.path, s) not in done]
     if not needed:
         res.skipped = True
         return res
-    if p.draining.is_set():
+    if p.draining():
         res.errors["*"] = f"{_what(job, item)}: not started, shutting down"
         return res
     committed: list[tuple[_Out, StoredObject]] = []
@@ -64,12 +96,12 @@ def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResul
             _attempt(p, job, item, needed, res, committed)
             break
         except SourceError as exc:
-            if exc.retryable and attempt <= p.policy.retries and not p.stop.is_set():
+            if exc.retryable and attempt <= p.policy.retries and not p.stopped():
                 delay = p.policy.sleep_for(attempt, exc.retry_after)
                 log.warning("%s: %s; restarting in %.1fs (attempt %d)", _what(job, item), exc,
                             delay, attempt + 1)
                 p.ledger.event("retry", str(exc), job_id=job.id, path=item.path)
-                if p.stop.wait(delay):
+                if p.wait(delay):
                     res.errors["*"] = f"{_what(job, item)}: interrupted"
                     break
                 continue
@@ -99,14 +131,14 @@ def store_item(p: "Pipeline", job: Job, item: Item, done: dict) -> ArtifactResul
     return res
 
 
-def _chunks(p: "Pipeline", item: Item) -> tuple[Iterator[bytes], object]:
+def _chunks(p: StoreContext, item: Item) -> tuple[Iterator[bytes], object]:
     if item.data is not None:
         return iter((item.data,)), None
     dl = p.source.open(item.artifact)
     return iter(dl), dl
 
 
-def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: ArtifactResult,
+def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: ArtifactResult,
              committed: list) -> None:
     first = item.keys[needed[0]]
     head, own = p.chains(job, item.artifact, first)
@@ -118,7 +150,7 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
                 continue  # failed in an earlier attempt for a reason a restart won't fix
             try:
                 w = TrackedWriter(p.sinks[name], p.ledger, item.keys[name], job_id=job.id,
-                                  path=item.path, metadata={"job-id": job.id})
+                                  path=item.path, metadata={"job-id": job.id}, owner=p.owner)
             except ArchiverError as exc:
                 res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
                 continue
@@ -129,7 +161,7 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
                 res.filename = getattr(dl, "filename", None)
             size = 0
             for chunk in chunks:
-                if p.stop.is_set():
+                if p.stopped():
                     raise Interrupted("stop requested")
                 size += len(chunk)
                 for data in head.feed(chunk):
@@ -152,7 +184,7 @@ def _attempt(p: "Pipeline", job: Job, item: Item, needed: list[str], res: Artifa
             out.writer.abort()
 
 
-def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
+def _fan_out(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
              res: ArtifactResult) -> None:
     """Feed ``data`` (None: finish) to every live sink; a failing sink is dropped alone."""
     for name, out in list(outs.items()):
@@ -165,11 +197,11 @@ def _fan_out(p, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
             del outs[name]
 
 
-def _commit(p, job: Job, item: Item, out: _Out, head,
+def _commit(p: StoreContext, job: Job, item: Item, out: _Out, head,
             res: ArtifactResult) -> StoredObject | None:
     """Commit and verify one sink's copy; the caller records it in the ledger (its pending
     record goes in the same transaction as the copy row)."""
-    digests = p.stored_for(head, out.chain)
+    digests = stored_digests(head, out.chain)
     try:
         stored = out.writer.commit(digests, forget=False)
     except ConflictError as exc:
@@ -189,5 +221,5 @@ def _commit(p, job: Job, item: Item, out: _Out, head,
                                 f"stored {stored.size} bytes, wrote {out.writer.written}")
         return None
     res.copies[out.sink] = stored
-    out.facts = p.facts_for(head, out.chain)
+    out.facts = chain_facts(head, out.chain)
     return stored

@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from archiver import ledger_writer
-from archiver.ledger import open_ledger
-from archiver.ledger_writer import GroupCommitter
+from archiver.ledger import groupcommit, open_ledger
+from archiver.ledger.groupcommit import GroupCommitter
 
 
 def test_concurrent_writes_are_committed_when_the_calls_return(tmp_path):
@@ -30,7 +29,7 @@ def test_concurrent_writes_are_committed_when_the_calls_return(tmp_path):
         seen = list(pool.map(write, range(400)))
     assert seen == [1] * 400
     assert other.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 400
-    from archiver.compliance.audit import verify_chain
+    from archiver.ledger.chainrules import verify_chain
     brk, n = verify_chain(ledger.audit_rows())
     assert brk is None and n == 400
 
@@ -91,13 +90,13 @@ def test_a_failing_unit_fails_alone_and_the_others_are_kept(tmp_path):
         for f in goods:
             f.result()
     assert sorted(e["message"] for e in ledger.events()) == sorted(f"ok{i}" for i in range(8))
-    from archiver.compliance.audit import verify_chain
+    from archiver.ledger.chainrules import verify_chain
     brk, n = verify_chain(ledger.audit_rows())
     assert brk is None and n == 8
 
 
 def test_the_writer_thread_ends_when_idle_and_comes_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(ledger_writer, "IDLE_EXIT", 0.05)
+    monkeypatch.setattr(groupcommit, "IDLE_EXIT", 0.05)
     ledger = open_ledger(tmp_path)
     ledger.event("note", "one")
     deadline = time.monotonic() + 5

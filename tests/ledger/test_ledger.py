@@ -16,7 +16,7 @@ def test_copies_pending_and_summary(tmp_path):
                     received={"sha256": "ab"}, chain=[], verified=True)
     pid = led.add_pending("s", "tmp-1", "job_1", "b.bin")
     led.update_pending(pid, "tmp-1 upload-9")
-    assert led.list_pending()[0][2] == "tmp-1 upload-9"
+    assert led.list_pending()[0].token == "tmp-1 upload-9"
     led.remove_pending(pid)
     assert led.list_pending() == []
     row = led.copies("job_1")[("a.bin", "s")]
@@ -38,7 +38,7 @@ def test_expiry_warnings_listed_until_archived(tmp_path):
     assert [w["job_id"] for w in led.summary()["expiry_warnings"]] == ["job_1"]
     assert led.count_events("expiry_warning") == 2
     assert led.jobs_with_event("expiry_warning") == {"job_1", "job_2"}
-    assert [r[0] for r in led.open_job_rows([WAITING])] == ["job_1"]
+    assert [r.job_id for r in led.open_job_rows([WAITING])] == ["job_1"]
     led.close()
 
 
@@ -54,7 +54,7 @@ def test_survives_reopen(tmp_path):
 def _chain(ledger):
     from archiver.compliance.audit import verify_chain
     rows = list(ledger.audit_rows())
-    return verify_chain(rows), [json.loads(line) for line, _h, _s in rows]
+    return verify_chain(rows), [json.loads(r.line) for r in rows]
 
 
 def test_two_writers_on_one_ledger_keep_one_chain(tmp_path):
@@ -72,7 +72,7 @@ def test_two_writers_on_one_ledger_keep_one_chain(tmp_path):
     job1 = [r for r in records if r["job_id"] == "job_1"]
     assert [r["message"] for r in job1] == ["a0", "b0", "a0-x", "a1", "b1", "a1-x",
                                             "a2", "b2", "a2-x"]
-    hashes = {r["seq"]: h for r, (_l, h, _s) in zip(records, a.audit_rows())}
+    hashes = {r["seq"]: row.hash for r, row in zip(records, a.audit_rows())}
     for before, after in itertools.pairwise(job1):
         assert after["job_prev"] == hashes[before["seq"]]
 
@@ -90,3 +90,32 @@ def test_a_rolled_back_batch_leaves_no_trace_in_the_chain(tmp_path):
     (brk, _n), records = _chain(ledger)
     assert brk is None and [r["message"] for r in records] == ["kept", "after"]
     assert records[1]["seq"] == 2
+
+
+def _dead_worker():
+    import subprocess
+    import sys
+
+    from archiver.ledger import new_worker_id
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return new_worker_id(pid=proc.pid)  # this host, a pid that is gone
+
+
+def test_a_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):
+    """SQLite is shared on one host only: a holder whose pid is gone (kill -9) holds
+    nothing, whatever its TTL said; taking its job over counts a lost lease."""
+    from archiver.ledger import QUEUED
+    led = open_ledger(tmp_path)
+    dead = _dead_worker()
+    assert led.claim(job(1), dead.id, 3600, max_lost=3).ok
+    assert led.claim(job(2), dead.id, 3600, max_lost=3).ok
+    got = led.claim(job(1), "w2", 60, max_lost=3)
+    assert got.ok and got.lost_leases == 1
+    got = led.claim_next("w3", 60, max_lost=3)
+    assert got.job_id == "job_2" and got.lost_leases == 1
+    (lease,) = led.lease_rows(["job_2"])
+    assert lease.owner == "w3" and led.job_states()["job_2"] == QUEUED
+    alive = led.claim(job(3), "host:1:abc", 3600, max_lost=3)  # not a worker id of this host
+    assert alive.ok and led.claim(job(3), "w4", 60, max_lost=3).reason == "held"
+    led.close()

@@ -1,5 +1,8 @@
 """Group commit for the ledger: one thread writes, callers wait for their own commit.
 
+(Moved here from ``archiver/ledger_writer.py``, unchanged in behaviour; any backend with
+one write connection per process can use it.)
+
 With a lock around one SQLite connection, each worker thread held the lock for a whole
 transaction, and every statement in it released and re-took the GIL: the holder kept
 waiting for the GIL while up to ``concurrency`` threads waited for the lock (measured:

@@ -1,0 +1,194 @@
+"""The work for one job: what run, watch, local workers (and later Celery) all execute.
+
+:func:`settle` looks at a job once (via :func:`archiver.triage.decide`) and records the
+outcomes that need no work (waiting, nothing to store, lost). :func:`archive_job` archives
+a job this process holds a lease on: job.json and result.json first, then every artifact
+(concurrently, on the executor's artifact pool), the BagIt tag files last, and finally
+the job's state, written only if the lease is still ours (fenced in the ledger).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ArchiverError, AuthError, LeaseLost, SourceError
+from .fanout import Item, store_item
+from .ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
+from .model import ArtifactResult, Job
+from .triage import ARCHIVE, LOSE, NOTHING_TO_STORE, SKIP, WAIT, decide
+
+if TYPE_CHECKING:
+    from .leases import JobLease
+    from .runtime import Runtime
+
+log = logging.getLogger("archiver.jobwork")
+
+# Outcomes that are not job states: the job was left alone in this pass.
+SKIPPED, BUSY, PARKED, BACKOFF, LEASE_LOST, INTERRUPTED = (
+    "skipped", "busy", "parked", "backoff", "lease_lost", "interrupted")
+
+
+@dataclass
+class JobOutcome:
+    """What happened to one job in one pass (JSON-able: workers send it to their parent)."""
+
+    job_id: str
+    state: str                       # a job state, or one of the outcomes above
+    problems: list[str] = field(default_factory=list)
+    message: str | None = None
+    bytes_received: int = 0
+    objects_written: int = 0
+    objects: int = 0
+    fatal: str | None = None         # the API refused the key: the pass must stop
+    expires_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobOutcome:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def settle(rt: Runtime, job: Job, previous: str | None, *,
+           explicit: bool = False) -> JobOutcome | None:
+    """Record what needs no work; None when the job is to be archived."""
+    d = decide(job, previous, explicit=explicit)
+    if d.action == SKIP:
+        return JobOutcome(job.id, SKIPPED, message=d.reason)
+    if d.action == WAIT:
+        if previous != WAITING:
+            rt.ledger.record_job(job, WAITING)
+        return JobOutcome(job.id, WAITING, message=d.reason, expires_at=job.expires_at)
+    if d.action == LOSE:
+        return lose(rt, job, f"job {job.id} {d.reason}")
+    if d.action == NOTHING_TO_STORE:
+        rt.ledger.record_job(job, NOTHING)
+        rt.hook_job_done(job, NOTHING, [])
+        return JobOutcome(job.id, NOTHING, message=d.reason)
+    assert d.action == ARCHIVE
+    if previous is None:  # audit trail: the first time this job is seen
+        rt.ledger.event("discovered", f"{job.status} job to archive", job_id=job.id,
+                        data={"project_id": job.project_id, "status": job.status,
+                              "expires_at": job.expires_at})
+    return None
+
+
+def lose(rt: Runtime, job: Job, message: str, lease: JobLease | None = None) -> JobOutcome:
+    log.error("LOST: %s", message)
+    with rt.ledger.batch():
+        if lease is not None:
+            lease.finish(job, LOST, message)
+        else:
+            rt.ledger.record_job(job, LOST, message)
+        rt.ledger.event("lost", message, job_id=job.id)
+    rt.hook_job_done(job, LOST, [])
+    return JobOutcome(job.id, LOST, message=message)
+
+
+def backoff_delay(rt: Runtime, base: float, attempts: int) -> float:
+    """Persisted backoff after an incomplete attempt: base × 2^(n-1), at most
+    ``watch.retry_max_delay`` (base: the poll interval)."""
+    return min(rt.settings.watch.retry_max_delay, base * 2 ** max(0, attempts - 1))
+
+
+def archive_job(rt: Runtime, job: Job, pool: Executor, lease: JobLease, *,
+                backoff: float | None = None) -> JobOutcome:
+    """Archive a job this process holds ``lease`` on. ``backoff`` (seconds, the poll
+    interval): an incomplete job is not claimable again before ``backoff`` × 2^(n-1)
+    (watch, serve, workers); None: ``run``, which the next run retries. Raises AuthError
+    (the key was refused); everything else is the outcome."""
+    out = JobOutcome(job.id, INCOMPLETE, expires_at=job.expires_at)
+    try:
+        _archive(rt, job, pool, lease, out, backoff)
+    except AuthError:
+        rt.stop.set()
+        raise
+    except LeaseLost as exc:
+        out.state, out.message = LEASE_LOST, str(exc)
+        log.warning("job %s: %s; its final state is left to the new owner", job.id, exc)
+    except Exception as exc:  # one job's failure must not end the pass
+        log.exception("job %s failed", job.id)
+        msg = exc if isinstance(exc, ArchiverError) else f"internal error: {exc!r}"
+        out.state, out.problems = INCOMPLETE, [f"job {job.id}: {msg}"]
+        try:
+            lease.finish(job, INCOMPLETE, out.problems[0], not_before=_nb(rt, lease, backoff))
+        except LeaseLost as lost:
+            out.state, out.message = LEASE_LOST, str(lost)
+    return out
+
+
+def _nb(rt: Runtime, lease: JobLease, backoff: float | None) -> float | None:
+    # A job cut short by a shutdown did not fail: the next start takes it at once.
+    if backoff is None or rt.draining.is_set():
+        return None
+    return time.time() + backoff_delay(rt, backoff, lease.attempts)
+
+
+def _archive(rt: Runtime, job: Job, pool: Executor, lease: JobLease, out: JobOutcome,
+             backoff: float | None) -> None:
+    rt.on_progress("job", {"job": job.id})
+    try:
+        result = rt.source.read_result(job)
+    except SourceError as exc:
+        if exc.status == 410:
+            lost = lose(rt, job, f"job {job.id}: result expired before it was archived ({exc})",
+                        lease)
+            out.state, out.message = lost.state, lost.message
+            return
+        raise
+    items = rt.items(job, result)
+    done = rt.ledger.copies(job.id)
+    ctx = rt.store_context(stopped=lease.lost.is_set)
+    results: list[ArtifactResult] = [_item(rt, ctx, job, it, done, out) for it in items[:2]]
+    futures = [pool.submit(_item, rt, ctx, job, it, done, out) for it in items[2:]]
+    results += [f.result() for f in futures]
+    problems = [f"{r.path}: {'; '.join(r.errors.values())}" for r in results if r.errors]
+    if lease.lost.is_set():
+        problems.append(f"job {job.id}: {lease.reason}")
+    if not problems and rt.settings.bagit.enabled:
+        # BagIt tag files last, once every object is stored and verified in every sink.
+        from .compliance.bagit import write_bags
+        problems = write_bags(rt, job, results)
+    out.objects = len(results)
+    if problems:
+        out.state, out.problems = INCOMPLETE, problems
+        lease.finish(job, INCOMPLETE, "; ".join(problems)[:4000],
+                     not_before=_nb(rt, lease, backoff))
+        rt.hook_job_done(job, INCOMPLETE, results)
+        return
+    with rt.ledger.batch():  # the fenced state and its event commit together
+        lease.finish(job, ARCHIVED)
+        rt.ledger.event("archived", f"{len(results)} objects in {len(rt.sinks)} sinks",
+                        job_id=job.id)
+    out.state = ARCHIVED
+    log.info("job %s archived: %d objects, %d bytes received, sinks %s", job.id,
+             len(results), out.bytes_received, ", ".join(rt.sinks))
+    rt.hook_job_done(job, ARCHIVED, results)
+
+
+def _item(rt: Runtime, ctx, job: Job, item: Item, done: dict, out: JobOutcome
+          ) -> ArtifactResult:
+    res = store_item(ctx, job, item, done)
+    written = sum(1 for c in res.copies.values() if not c.existed)
+    # list.append/+= on ints from many threads: guarded by the GIL per statement is not
+    # enough for +=, so the job's counters are summed under the runtime's lock.
+    with rt.counters_lock:
+        out.bytes_received += res.size if not res.skipped else 0
+        out.objects_written += written
+    try:
+        rt.plugins.hook.archiver_artifact_done(job=job, artifact=item.artifact, result=res)
+    except Exception:
+        log.exception("an archiver_artifact_done hook failed")
+    rt.on_progress("artifact", {"job": job.id, "path": item.path, "ok": res.ok,
+                                "size": res.size, "skipped": res.skipped})
+    return res
+
+
+__all__ = ["JobOutcome", "archive_job", "settle", "lose", "SKIPPED", "BUSY", "PARKED",
+           "BACKOFF", "LEASE_LOST", "INTERRUPTED", "LOST", "NOTHING"]

@@ -1,0 +1,182 @@
+"""The supervisor of local worker processes (``workers: N``, ``--workers N``).
+
+It starts N real child processes (``python -m archiver worker -c FILE --jsonl``), each in
+its own session so that a terminal's Ctrl-C reaches the supervisor only, and:
+
+* reads each child's stdout, one JSON object per line (hello, progress, outcome), and
+  hands the events to its owner, which merges them into one progress display, one
+  report and one exit code;
+* notices a child that died (``kill -9``, ``os._exit`` in a plugin, OOM): its leases are
+  expired at once in the ledger (the pid is gone, so there is nothing to wait for; each
+  counts as a lost lease, which is how poison jobs get parked) and its writers' leftovers
+  are discarded, then a new child is started while work remains;
+* forwards SIGTERM/SIGINT: the first is the graceful drain (children finish the objects
+  in flight, start nothing new), the second aborts at once; children still running
+  ``grace + 10`` seconds after the first signal are killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger("archiver.workers.supervisor")
+
+RESPAWN_MAX_DELAY = 30.0
+
+
+@dataclass
+class Child:
+    index: int
+    proc: subprocess.Popen
+    started: float
+    worker_id: str | None = None
+    reader: threading.Thread | None = None
+    lines: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class Supervisor:
+    """N worker processes of one config file (see module doc)."""
+
+    config_file: str
+    n: int
+    on_event: Callable[[dict[str, Any], Child], None]
+    on_death: Callable[[Child, int], None] = lambda child, rc: None
+    worker_args: list[str] = field(default_factory=list)
+    verbosity: int = 0
+    children: dict[int, Child] = field(default_factory=dict)
+    stopping: bool = False
+    deaths: int = 0
+    _stopped_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "archiver"]
+        if self.verbosity:
+            cmd.append("-" + "v" * self.verbosity)
+        return [*cmd, "worker", "-c", self.config_file, "--jsonl", *self.worker_args]
+
+    def spawn(self, index: int) -> Child:
+        proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, "ARCHIVER_WORKER_INDEX": str(index)})
+        child = Child(index, proc, time.monotonic())
+        child.reader = threading.Thread(target=self._read, args=(child,),
+                                        name=f"archiver-worker-{index}-out", daemon=True)
+        child.reader.start()
+        with self._lock:
+            self.children[index] = child
+        log.info("worker %d started (pid %d)", index, proc.pid)
+        return child
+
+    def start(self, count: int | None = None) -> None:
+        for i in range(count if count is not None else self.n):
+            self.spawn(i)
+
+    def _read(self, child: Child) -> None:
+        assert child.proc.stdout is not None
+        for raw in child.proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.info("worker %d: %s", child.index, line[:500])
+                continue
+            if not isinstance(event, dict):
+                continue
+            child.lines += 1
+            if event.get("type") == "hello":
+                child.worker_id = event.get("worker_id")
+            try:
+                self.on_event(event, child)
+            except Exception:  # a bad event must not kill the reader
+                log.exception("worker %d: handling an event failed", child.index)
+
+    # ------------------------------------------------------------------ life and death
+    def reap(self) -> list[tuple[Child, int]]:
+        """Children that ended since the last call, with their exit codes (their output
+        is fully read first)."""
+        ended = []
+        with self._lock:
+            for index, child in list(self.children.items()):
+                rc = child.proc.poll()
+                if rc is None:
+                    continue
+                del self.children[index]
+                ended.append((child, rc))
+        for child, rc in ended:
+            if child.reader is not None:
+                child.reader.join(timeout=10)
+            if rc != 0:
+                self.deaths += 1
+                log.warning("worker %d (pid %d) died with %s", child.index, child.pid,
+                            _describe(rc))
+                self.on_death(child, rc)
+        return ended
+
+    @property
+    def alive(self) -> int:
+        with self._lock:
+            return len(self.children)
+
+    def signal_all(self, signum: int) -> None:
+        with self._lock:
+            children = list(self.children.values())
+        for child in children:
+            try:
+                child.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, *, now: bool = False) -> None:
+        """First call: graceful drain; second (or ``now``): abort at once."""
+        first = not self.stopping
+        self.stopping = True
+        if first:
+            self._stopped_at = time.monotonic()
+        self.signal_all(signal.SIGTERM)
+        if now and first:
+            self.signal_all(signal.SIGTERM)
+
+    def kill_overdue(self, grace: float) -> None:
+        """SIGKILL children still running ``grace + 10`` s after the stop began."""
+        if self._stopped_at is not None and time.monotonic() - self._stopped_at > grace + 10:
+            self.signal_all(signal.SIGKILL)
+
+    def wait_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        self.reap()
+
+
+def _describe(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+def respawn_delay(deaths_in_a_row: int) -> float:
+    """Back off from a crash loop: 0 s, 1 s, 2 s, 4 s ... at most 30 s."""
+    if deaths_in_a_row <= 1:
+        return 0.0
+    return min(RESPAWN_MAX_DELAY, 2.0 ** (deaths_in_a_row - 2))
