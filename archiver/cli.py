@@ -296,6 +296,8 @@ def config_check(config_file: str, online: bool) -> None:
                 built.cls(built.config, label=built.label).preflight()
             except ArchiverError as exc:
                 _fail(f"{built.path} ({built.label}): {exc}", 3)
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
     names = ", ".join(f"{b.label} ({b.cls.name})" for b in loaded.sinks)
     click.echo(f"{config_file}: OK; source {loaded.source.cls.name}, sinks {names}")
 

@@ -38,11 +38,14 @@ def open_runtime(config_file: str, *, require_env: bool = True, create: bool = T
     from .errors import ConfigError, LedgerError, PluginError
     from .runtime import Runtime
     try:
-        return Runtime.open(config_file, require_env=require_env, create=create,
-                            read_only=read_only, on_progress=on_progress)
+        rt = Runtime.open(config_file, require_env=require_env, create=create,
+                          read_only=read_only, on_progress=on_progress)
     except (ConfigError, PluginError, LedgerError) as exc:
         fail(str(exc))
         raise  # unreachable: fail() exits
+    for warning in rt.loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return rt
 
 
 @contextmanager

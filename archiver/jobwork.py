@@ -45,6 +45,8 @@ class JobOutcome:
     objects: int = 0
     fatal: str | None = None         # the API refused the key: the pass must stop
     expires_at: str | None = None
+    written: dict[str, list[int]] = field(default_factory=dict)  # sink -> [objects, bytes]
+    failures: dict[str, int] = field(default_factory=dict)       # sink or "*" -> objects
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,11 +178,18 @@ def _item(rt: Runtime, ctx, job: Job, item: Item, done: dict, out: JobOutcome
           ) -> ArtifactResult:
     res = store_item(ctx, job, item, done)
     written = sum(1 for c in res.copies.values() if not c.existed)
-    # list.append/+= on ints from many threads: guarded by the GIL per statement is not
-    # enough for +=, so the job's counters are summed under the runtime's lock.
+    # The job's artifacts finish on many threads: += is not atomic, so the counters are
+    # summed under the runtime's lock.
     with rt.counters_lock:
         out.bytes_received += res.size if not res.skipped else 0
         out.objects_written += written
+        for sink, copy in res.copies.items():
+            if not copy.existed:
+                tally = out.written.setdefault(sink, [0, 0])
+                tally[0] += 1
+                tally[1] += copy.size
+        for where in res.errors:
+            out.failures[where] = out.failures.get(where, 0) + 1
     try:
         rt.plugins.hook.archiver_artifact_done(job=job, artifact=item.artifact, result=res)
     except Exception:

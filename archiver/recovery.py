@@ -4,10 +4,13 @@ Every writer's pending token (temporary file, multipart upload id, resumable ses
 recorded with its owner, the worker id of the process writing it. A token is discarded
 only when that owner is dead:
 
-* its heartbeat is older than ``lease.ttl`` (any host), or it has no worker row at all
-  (it unregistered, or was forgotten after going stale);
-* or it ran on this host and its pid no longer exists (found at once, without waiting
-  for the heartbeat to go stale: restic's same-host check);
+* it ran on this host and its pid no longer exists: the pid is authoritative on the same
+  host (found at once, without waiting for a heartbeat to go stale: restic's same-host
+  check), so a live process keeps its writers even when it has no heartbeat (``replicate``,
+  bag tag files) or is stopped (SIGSTOP: its leases go, its files stay until it resumes
+  or dies);
+* on another host: its heartbeat is older than ``lease.ttl``, or it has no worker row at
+  all (it unregistered, or was forgotten after going stale);
 * a token written by a release before owners were recorded (no owner) counts as dead
   once it is older than ``lease.ttl``.
 
@@ -19,15 +22,14 @@ when nothing else runs on this ledger.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import ArchiverError
+from .ledger import pid_alive
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -46,22 +48,14 @@ class Recovery:
     unconfigured: int = 0    # the token's sink is no longer configured
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
 def owner_dead(row, ttl: float, now: float, me: str | None = None) -> bool:
     """Whether the writer that recorded pending ``row`` is dead (see module doc)."""
     if row.owner is None:
         return now - row.started > ttl
     if row.owner == me:
         return False
-    if row.host == HOST and row.pid is not None and not pid_alive(row.pid):
-        return True
+    if row.host == HOST and row.pid is not None:
+        return not pid_alive(row.pid)
     return row.owner_heartbeat is None or now - row.owner_heartbeat > ttl
 
 

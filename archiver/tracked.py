@@ -10,11 +10,26 @@ run or ``archiver cleanup`` turns into :meth:`Sink.discard`.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from .components import Sink
 from .model import StoredObject
 
 log = logging.getLogger("archiver.tracked")
+
+_process_owner: tuple[int, str] | None = None
+
+
+def process_owner() -> str:
+    """This process as the owner of pending writers that no claimed job owns (bag tag
+    files, replication): ``host:pid:proc``, so that recovery on this host can tell from
+    the pid whether it is alive. Recomputed after a fork."""
+    global _process_owner
+    pid = os.getpid()
+    if _process_owner is None or _process_owner[0] != pid:
+        _process_owner = (pid, f"{socket.gethostname()}:{pid}:proc")
+    return _process_owner[1]
 
 
 class TrackedWriter:
@@ -23,7 +38,7 @@ class TrackedWriter:
     def __init__(self, sink: Sink, ledger, key: str, *, job_id: str | None, path: str | None,
                  metadata: dict[str, str] | None = None, owner: str | None = None):
         self.sink, self.ledger, self.key = sink, ledger, key
-        self.job_id, self.path, self.owner = job_id, path, owner
+        self.job_id, self.path, self.owner = job_id, path, owner or process_owner()
         self.writer = sink.open_writer(key, metadata)
         self.written = 0
         self._pending_id: int | None = None

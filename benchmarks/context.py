@@ -47,8 +47,10 @@ class Context:
 def archiver_config(emu, root: Path, state: Path, *, concurrency: int = 8,
                     transforms: str = "  - type: checksum\n    algorithms: [sha256]\n",
                     sinks: str | None = None, extra: str = "",
-                    projects: list[str] | None = None) -> str:
-    """YAML for one archiver run against ``emu``; the key comes from $PLANGREP_API_KEY."""
+                    projects: list[str] | None = None, workers: int | None = None) -> str:
+    """YAML for one archiver run against ``emu``; the key comes from $PLANGREP_API_KEY.
+    ``workers``: ``workers: N`` (N worker processes of ``concurrency`` each; 1 or None:
+    the run happens in the one ``archiver run`` process)."""
     if sinks is None:
         sinks = f"  - name: local\n    type: local\n    root: {root}\n"
     head = textwrap.dedent(f"""\
@@ -58,7 +60,8 @@ def archiver_config(emu, root: Path, state: Path, *, concurrency: int = 8,
           api_key: ${{PLANGREP_API_KEY}}
         """) + (f"  projects: [{', '.join(projects)}]\n" if projects else "")
     return (head + ("transforms:\n" + transforms if transforms else "") + "sinks:\n" + sinks
-            + f"state_dir: {state}\nconcurrency: {concurrency}\n" + extra)
+            + f"state_dir: {state}\nconcurrency: {concurrency}\n"
+            + (f"workers: {workers}\n" if workers is not None else "") + extra)
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -69,11 +72,15 @@ def write_config(path: Path, text: str) -> Path:
 
 def run_archiver(ctx: Context, config: Path, *, what: str, timeout: float,
                  env: dict[str, str] | None = None, expect_archived: int | None = None,
-                 args: tuple[str, ...] = ("run",)) -> Measurement:
+                 args: tuple[str, ...] = ("run",),
+                 per_process_rss: bool = False) -> Measurement:
     """One ``archiver run`` as a subprocess; fails unless it exits 0 (and archived
-    ``expect_archived`` jobs). The JSON summary lands in ``extra["report"]``."""
+    ``expect_archived`` jobs). The JSON summary lands in ``extra["report"]``;
+    ``per_process_rss``: the peak RSS of the supervisor and of each worker process in
+    ``extra["rss_parent_kib"]`` and ``extra["rss_workers_kib"]`` (see :func:`rss_split`)."""
     proc = run_process([ctx.python, "-m", "archiver.cli", *args, "-c", str(config), "--json"],
-                       what=what, timeout=timeout, env=env or ctx.env)
+                       what=what, timeout=timeout, env=env or ctx.env,
+                       per_process_rss=per_process_rss)
     try:
         report = json.loads(proc.stdout)
     except ValueError:
@@ -82,7 +89,26 @@ def run_archiver(ctx: Context, config: Path, *, what: str, timeout: float,
         raise BenchError(f"{what}: archived {len(report['archived'])} jobs, expected "
                          f"{expect_archived}: {json.dumps(report)[:800]}")
     proc.measurement.extra["report"] = report
+    if per_process_rss:
+        parent, workers = rss_split(proc.measurement.extra.pop("processes", []))
+        proc.measurement.extra["rss_parent_kib"] = parent
+        proc.measurement.extra["rss_workers_kib"] = workers
     return proc.measurement
+
+
+def rss_split(processes: list[dict]) -> tuple[int | None, list[int]]:
+    """(peak RSS of the ``archiver run`` process, peak RSS of each ``archiver worker``
+    child), in KiB, from :class:`~benchmarks.measure.TreeSampler`'s samples."""
+    parent, workers = None, []
+    for p in processes:
+        argv = p["cmd"].split()
+        if "archiver" not in p["cmd"] or "-m" not in argv:
+            continue  # GNU time's `timeout`, a shell
+        if "worker" in argv:
+            workers.append(p["hwm_kib"])
+        elif "run" in argv:
+            parent = max(parent or 0, p["hwm_kib"])
+    return parent, workers
 
 
 def client(ctx: Context, module: str, *args: str, what: str, timeout: float,

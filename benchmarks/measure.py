@@ -76,12 +76,91 @@ def require_gnu_time() -> None:
                          "apt-get install time")
 
 
+class TreeSampler:
+    """Peak RSS of every single process below one pid, for runs with worker processes.
+
+    GNU time's ``%M`` is the largest ``ru_maxrss`` of the whole tree: one number. With
+    ``archiver run --workers N`` the question is which process that was (the supervisor or
+    one worker) and what the others reached, so this thread scans ``/proc`` every
+    ``interval`` seconds for the descendants of ``root`` and keeps, per pid, the largest
+    ``VmHWM`` seen (the kernel's high-water mark of that process's own memory, not
+    inherited across ``exec``) and its command line. A process that lives less than one
+    interval may be missed, and growth in its last interval is not seen: GNU time's
+    number stays the measurement, this only tells the processes apart."""
+
+    def __init__(self, root: int, interval: float = 0.2):
+        self.root, self.interval = root, interval
+        self.peaks: dict[int, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-rss-sampler",
+                                        daemon=True)
+
+    def start(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join(5)
+        return sorted(self.peaks.values(), key=lambda p: p["started"])
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def sample(self) -> None:
+        parent: dict[int, int] = {}
+        start: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parent[int(name)] = int(fields[1])
+            start[int(name)] = int(fields[19])
+        tree, todo = set(), [self.root]
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        while todo:
+            pid = todo.pop()
+            for child in children.get(pid, ()):
+                if child not in tree:
+                    tree.add(child)
+                    todo.append(child)
+        for pid in tree:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    hwm = next((int(line.split()[1]) for line in f
+                                if line.startswith("VmHWM:")), None)
+            except (OSError, ValueError):
+                continue
+            if hwm is None:   # a zombie: its memory is gone
+                continue
+            peak = self.peaks.get(pid)
+            if peak is None or peak["started"] != start[pid]:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    continue
+                peak = self.peaks[pid] = {"pid": pid, "cmd": cmd, "hwm_kib": 0,
+                                          "started": start[pid]}
+            peak["hwm_kib"] = max(peak["hwm_kib"], hwm)
+
+
 def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None, cwd=None,
-                check: bool = True) -> Proc:
+                check: bool = True, per_process_rss: bool = False) -> Proc:
     """Run ``cmd`` (a shell string runs under ``bash -o pipefail -c``) under GNU time and
     coreutils ``timeout`` (which kills it after ``timeout`` seconds even if this runner
     dies), in a session of its own. Wall time is measured from just before the fork to the
-    moment ``wait4`` returns."""
+    moment ``wait4`` returns. ``per_process_rss``: also sample every process of the tree
+    (:class:`TreeSampler`) into ``extra["processes"]``."""
     require_gnu_time()
     argv = ["bash", "-o", "pipefail", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
@@ -95,6 +174,7 @@ def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None
         timer = threading.Timer(timeout + 15, _kill_group, (p.pid,))
         timer.daemon = True
         timer.start()
+        sampler = TreeSampler(p.pid).start() if per_process_rss else None
         try:
             _, status, ru = os.wait4(p.pid, 0)
             seconds = time.perf_counter() - t0
@@ -104,6 +184,7 @@ def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None
             raise
         finally:
             timer.cancel()
+            processes = sampler.stop() if sampler is not None else None
         p.returncode = rc = os.waitstatus_to_exitcode(status)
         _kill_group(p.pid)  # a daemon the command left behind must not outlive it
         out.seek(0)
@@ -114,6 +195,8 @@ def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None
     timed_out = rc in (124, 137) or (rc == -signal.SIGKILL and seconds >= timeout)
     rss = int(rss_text[-1]) if rss_text and rss_text[-1].isdigit() else None
     m = Measurement(seconds, rss, ru.ru_utime + ru.ru_stime)
+    if processes is not None:
+        m.extra["processes"] = processes
     proc = Proc(m, rc, stdout, stderr)
     if check and rc != 0:
         why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {rc}"

@@ -1,13 +1,16 @@
 """Scenario 3: many small artifacts (200 jobs × 20 artifacts × 8 KiB) to local disk.
 
-With 20 ms of emulator latency on every request (a WAN round trip): archiver at
-concurrency 16 against the naive sequential requests script and against rclone
-``copyurl`` fed the same URLs. Without latency: archiver's artifacts/s against the
-ceiling of bare keep-alive clients (curl ``--parallel``, a threaded requests loop).
+With 20 ms of emulator latency on every request (a WAN round trip): archiver with 16
+artifacts in flight in total, as one process (``workers: 1``, concurrency 16) and as 2 and
+4 worker processes (``workers: 2``/``4``, concurrency 8/4 each), against the naive
+sequential requests script and against rclone ``copyurl`` fed the same URLs. Without
+latency: archiver's artifacts/s against the ceiling of bare keep-alive clients (curl
+``--parallel``, a threaded requests loop).
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from .context import Context, archiver_config, client, remove, run_archiver, set_aside, write_config
@@ -18,8 +21,26 @@ from .servers import emulator
 KEY = "small"
 TITLE = "3. Many small artifacts"
 LATENCY = 0.020
-CONCURRENCY = 16
+CONCURRENCY = 16           # artifacts in flight in total, whatever the number of processes
+WORKERS = (1, 2, 4)        # worker processes at 20 ms; concurrency CONCURRENCY // N each
+WORKERS_NO_LATENCY = (1, 2)
 SIZE = 8 << 10
+
+# CPU per artifact before the worker-process restructuring (docs/benchmarks.md of the run
+# of 2026-11-29, commit 2de04a9: median CPU s of the whole run / 4,000 artifacts).
+CPU_PER_ARTIFACT_BEFORE = {(LATENCY, 1): 17.6 / 4000, (0.0, 1): 18.5 / 4000}
+BEFORE_RUN = "2026-11-29, commit 2de04a9"
+
+# Where one process's CPU goes (py-spy, see the notes); measured by hand, not per run.
+PROFILE_NOTE = None  # filled in below the function definitions
+
+
+def archiver_label(lat: float, workers: int) -> str:
+    ms = f"{lat * 1000:.0f} ms"
+    if workers == 1:
+        return f"{ms}: archiver, 1 process, concurrency {CONCURRENCY}"
+    return (f"{ms}: archiver, {workers} worker processes × concurrency "
+            f"{CONCURRENCY // workers}")
 
 
 def _count_files(root: Path, artifacts_only: bool = False) -> int:
@@ -51,7 +72,11 @@ def run(ctx: Context) -> ScenarioResult:
     res = ScenarioResult(KEY, TITLE, (
         f"{jobs} jobs × {per_job} artifacts × 8 KiB to local disk ({n} artifacts). With "
         f"{LATENCY * 1000:.0f} ms of latency added by the emulator to every request: archiver "
-        f"at concurrency {CONCURRENCY} (it also lists the jobs, reads every result, stores "
+        f"with {CONCURRENCY} artifacts in flight in total, as one process (`workers: 1`, "
+        f"`concurrency: {CONCURRENCY}`) and as "
+        + " and ".join(f"{w} worker processes (`workers: {w}`, `concurrency: "
+                       f"{CONCURRENCY // w}` each)" for w in WORKERS if w > 1)
+        + " (it also lists the jobs, reads every result, stores "
         "job.json, result.json and BagIt tag files per job, fsyncs every file and records "
         "each object in its ledger) against a naive sequential script "
         "(`benchmarks/clients/naive.py`: `requests.get` per request, as the polling example "
@@ -83,14 +108,17 @@ def run(ctx: Context) -> ScenarioResult:
         def latency(value: float):
             emu.faults.latency = value
 
-        def archiver(label: str, lat: float, vs: tuple[str, ...]) -> Variant:
-            root, state = work / f"archive-{lat}", work / f"state-{lat}"
-            cfg = write_config(work / f"archiver-{lat}.yaml", archiver_config(
-                emu, root, state, concurrency=CONCURRENCY))
+        def archiver(lat: float, workers: int, vs: tuple[str, ...]) -> Variant:
+            label = archiver_label(lat, workers)
+            tag = f"{lat}-w{workers}"
+            root, state = work / f"archive-{tag}", work / f"state-{tag}"
+            cfg = write_config(work / f"archiver-{tag}.yaml", archiver_config(
+                emu, root, state, concurrency=CONCURRENCY // workers, workers=workers))
 
             def run(rep: int):
                 latency(lat)
-                m = run_archiver(ctx, cfg, what=label, timeout=timeout, expect_archived=jobs)
+                m = run_archiver(ctx, cfg, what=label, timeout=timeout, expect_archived=jobs,
+                                 per_process_rss=True)
                 if _count_files(root, artifacts_only=True) != n:
                     raise BenchError(f"{label}: {_count_files(root, True)} artifacts stored")
                 return m
@@ -170,10 +198,10 @@ def run(ctx: Context) -> ScenarioResult:
         py_l = f"0 ms: requests, {CONCURRENCY} threads × Session (keep-alive)"
         have_rclone = run_process("command -v rclone", what="rclone", timeout=10,
                                   check=False).returncode == 0
+        refs = (naive_l, rc_l, durable_l) if have_rclone else (naive_l, durable_l)
         variants = [Variant(naive_l, naive, role="baseline", work=n, unit="artifacts/s",
                             reset=reset(naive_out)),
-                    archiver(f"{lat_ms}: archiver, concurrency {CONCURRENCY}", LATENCY,
-                             (naive_l, rc_l, durable_l) if have_rclone else (naive_l, durable_l)),
+                    *(archiver(LATENCY, w, refs) for w in WORKERS),
                     Variant(durable_l, durable, role="reference", work=n, unit="artifacts/s",
                             reset=reset(durable_out),
                             note="`benchmarks/clients/durable.py`: only what a crash-safe copy "
@@ -191,8 +219,7 @@ def run(ctx: Context) -> ScenarioResult:
         else:
             res.notes.append("rclone is not installed (`apt-get install rclone`): its rows "
                              "are missing.")
-        variants += [archiver(f"0 ms: archiver, concurrency {CONCURRENCY}", 0.0,
-                              (curl_l, py_l)),
+        variants += [*(archiver(0.0, w, (curl_l, py_l)) for w in WORKERS_NO_LATENCY),
                      Variant(curl_l, curl_parallel, role="reference", work=n,
                              unit="artifacts/s"),
                      Variant(py_l, py_ceiling, role="reference", work=n, unit="artifacts/s")]
@@ -202,24 +229,76 @@ def run(ctx: Context) -> ScenarioResult:
         finally:
             latency(0)
             remove(trash)
-    arch = res.row(f"{lat_ms}: archiver, concurrency {CONCURRENCY}")
-    r = res.ratio(arch, naive_l)
-    res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ 10× the naive "
-                              "script", r >= 10, f"{r:.1f}×"))
+    _targets(res, n, have_rclone, naive_l, rc_l, pp_l, durable_l, curl_l, py_l)
+    return res
+
+
+def _targets(res: ScenarioResult, n: int, have_rclone: bool, naive_l: str, rc_l: str,
+             pp_l: str, durable_l: str, curl_l: str, py_l: str) -> None:
+    lat_ms = f"{LATENCY * 1000:.0f} ms"
+    rows = {w: res.row(archiver_label(LATENCY, w)) for w in WORKERS}
+    best_w = max(WORKERS, key=lambda w: rows[w].rate(rows[w].median) or 0)
+    best = rows[best_w]
+    which = f"best: workers {best_w}"
+    inflight = f"{CONCURRENCY} in flight in total"
+    r = res.ratio(best, naive_l)
+    res.targets.append(Target(f"{lat_ms} latency, {inflight}, best worker count: ≥ 10× the "
+                              "naive script", r >= 10, f"{r:.1f}×, {which}"))
     if have_rclone:
-        r = res.ratio(arch, rc_l)
-        res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ rclone "
-                                  "copyurl (rcd, same concurrency)", r >= 1, f"{r:.2f}×"))
-        r = res.ratio(arch, pp_l)
-        res.targets.append(Target(f"concurrency {CONCURRENCY}, {lat_ms} latency: ≥ rclone "
-                                  "copyurl (one process per URL)", r >= 1, f"{r:.2f}×"))
+        r = res.ratio(best, rc_l)
+        res.targets.append(Target(f"{lat_ms} latency, {inflight}, best worker count: ≥ rclone "
+                                  "copyurl (rcd, same concurrency)", r >= 1,
+                                  f"{r:.2f}×, {which}"))
+        r = res.ratio(best, pp_l)
+        res.targets.append(Target(f"{lat_ms} latency, {inflight}, best worker count: ≥ rclone "
+                                  "copyurl (one process per URL)", r >= 1, f"{r:.2f}×, {which}"))
     else:
         res.targets.append(Target("≥ rclone copyurl", None, "rclone not installed"))
-    r = res.ratio(arch, durable_l)
-    res.targets.append(Target(f"{lat_ms} latency: share of the minimal durable Python client "
-                              "(information, no target)", None, f"{r:.0%}"))
-    fast = res.row(f"0 ms: archiver, concurrency {CONCURRENCY}")
-    best = max(res.ratio(res.row(v), fast.label) for v in (curl_l, py_l))
-    res.targets.append(Target("no latency: share of the keep-alive ceiling (information, no "
-                              "target)", None, f"{1 / best:.0%} of the faster ceiling"))
-    return res
+    r = res.ratio(rows[1], durable_l)
+    res.targets.append(Target(f"{lat_ms} latency: one process (workers 1, concurrency "
+                              f"{CONCURRENCY}) ≥ 1.0× the minimal durable Python client",
+                              r >= 1.0, f"{r:.2f}×"))
+    for w in WORKERS[1:]:
+        r = res.ratio(rows[w], rows[1].label)
+        res.targets.append(Target(f"{lat_ms} latency: workers {w} × concurrency "
+                                  f"{CONCURRENCY // w} vs one process (information, no "
+                                  "target)", None, f"{r:.2f}×"))
+    fast = res.row(archiver_label(0.0, 1))
+    best0 = max(res.ratio(res.row(v), fast.label) for v in (curl_l, py_l))
+    res.targets.append(Target("no latency: share of the keep-alive ceiling, one process "
+                              "(information, no target)", None,
+                              f"{1 / best0:.0%} of the faster ceiling"))
+    res.tables.append(cpu_table(res, n))
+    if PROFILE_NOTE:
+        res.notes.append(PROFILE_NOTE)
+
+
+def cpu_table(res: ScenarioResult, n: int) -> str:
+    """CPU per artifact of every archiver row (whole process tree), before and after, and
+    the peak RSS of the supervisor and its workers apart."""
+    lines = [f"CPU per artifact (CPU s of the whole process tree, median of the runs, / {n:,} "
+             f"artifacts; *before*: the run of {BEFORE_RUN}, one process) and peak RSS per "
+             "process (sampled from `/proc`: the `archiver run` process and the largest "
+             "worker; the table above shows the kernel's largest single process):", "",
+             "| variant | CPU s | CPU ms per artifact | before | peak RSS MiB: run process "
+             "| largest worker |", "|---|---:|---:|---:|---:|---:|"]
+    for lat, ws in ((LATENCY, WORKERS), (0.0, WORKERS_NO_LATENCY)):
+        for w in ws:
+            row = res.row(archiver_label(lat, w))
+            cpu = [m.cpu_seconds for m in row.runs if m.cpu_seconds is not None]
+            med = statistics.median(cpu) if cpu else None
+            before = CPU_PER_ARTIFACT_BEFORE.get((lat, w))
+            parents = [k for k in row.extra("rss_parent_kib") if k]
+            workers = [k for ks in row.extra("rss_workers_kib") for k in ks]
+            lines.append(
+                f"| {row.label} | {_f(med)} | {_f(med and med / n * 1000)} | "
+                f"{_f(before and before * 1000) if before else '– (new)'} | "
+                f"{_f(max(parents) / 1024) if parents else '–'} | "
+                f"{_f(max(workers) / 1024) if workers else '– (none)'} |")
+    return "\n".join(lines)
+
+
+def _f(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .states import CLAIMABLE, SETTLED
 
 PARKED_EVENT = "parked"
+LEASE_LOST_EVENT = "lease_lost"  # a lease taken over from a holder that died or stalled
 
 
 def parked_message(lost_leases: int) -> str:

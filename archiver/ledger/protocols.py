@@ -167,7 +167,8 @@ class RunLedger(Protocol):
                    claimed_before: float | None = None) -> Claim | None:
         """Claim the claimable job (queued or incomplete, not parked, lease free, backoff
         passed unless ``ignore_backoff``, and, with ``claimed_before``, not claimed since
-        that time: one attempt per job per pass) that expires soonest (no expiry last, then
+        that time: one attempt per job per pass; an attempt whose holder died or stalled
+        never ended, so its lapsed lease is taken over anyway) that expires soonest (no expiry last, then
         by job id), with the lost-lease and parking rules of :meth:`claim`; a job parked
         on the way is skipped and the next one tried. None when there is nothing to claim.
         Not inside ``batch()``."""

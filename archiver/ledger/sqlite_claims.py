@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import LeaseLost
 from ..model import Job
-from .claims import PARKED_EVENT, LeaseState, claimable, decide, parked_message
+from .claims import LEASE_LOST_EVENT, PARKED_EVENT, LeaseState, claimable, decide, parked_message
 from .facts import expires_ts, job_facts
 from .rows import Claim, ClaimRefused, WorkerId, pid_alive
 from .sqlite_sql import ADD_EVENT, LEASE_STATE, UPSERT_QUEUED
@@ -82,6 +82,13 @@ class SQLiteClaims:
         self._db.execute("UPDATE jobs SET owner=?, lease_until=?, attempts=attempts+1,"
                          " lost_leases=?, parked=0, claimed_at=? WHERE job_id=?",
                          (worker_id, now + ttl, decision.lost_leases, now, job_id))
+        if row.owner is not None and row.owner != worker_id and not force:
+            # a lost lease: its holder died or stalled (metrics and alerts count these)
+            message = f"lease of {row.owner} taken over by {worker_id}"
+            self._db.execute(ADD_EVENT, (now, LEASE_LOST_EVENT, job_id, None, None, message))
+            self._chain.append(LEASE_LOST_EVENT, job_id=job_id, message=message,
+                               data={"lost_leases": decision.lost_leases,
+                                     "last_owner": row.owner})
         project, status, raw, attempts, lost = self._db.execute(
             "SELECT project_id, status, raw, attempts, lost_leases FROM jobs WHERE job_id=?",
             (job_id,)).fetchone()
@@ -195,7 +202,10 @@ class SQLiteClaims:
                 sql += " AND (not_before IS NULL OR not_before <= ?)"
                 args.append(now)
             if claimed_before is not None:
-                sql += " AND (claimed_at IS NULL OR claimed_at < ?)"
+                # A job still owned here has a lapsed lease: its holder died or stalled
+                # mid-attempt, so that attempt never ended; it is taken over (a lost
+                # lease, bounded by parking) even if it was claimed since then.
+                sql += " AND (claimed_at IS NULL OR claimed_at < ? OR owner IS NOT NULL)"
                 args.append(claimed_before)
             sql += " ORDER BY expires_ts IS NULL, expires_ts, job_id LIMIT ?"
             self._expire_dead_holders(now)

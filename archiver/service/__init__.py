@@ -61,6 +61,7 @@ class Service:
             self.queue = JobQueue(s.queue_size)
             self.metrics = ServiceMetrics(self.ledger,
                                           expiry_warning=settings.watch.expiry_warning,
+                                          lease_ttl=float(settings.lease.ttl),
                                           queue=self.queue)
             rt.plugins.pm.register(self.metrics, name=f"archiver-service-metrics-{id(self):x}")
             self.receiver = WebhookReceiver(s, self.queue, on_verdict=self.metrics.verdict)

@@ -46,8 +46,10 @@ def _prometheus():
 class _LedgerCollector:
     """Gauges read from the ledger at scrape time."""
 
-    def __init__(self, ledger, expiry_warning: float, clock: Callable[[], float]):
+    def __init__(self, ledger, expiry_warning: float, clock: Callable[[], float],
+                 lease_ttl: float = 60.0):
         self.ledger, self.expiry_warning, self.clock = ledger, expiry_warning, clock
+        self.lease_ttl = lease_ttl
 
     def describe(self):
         return []
@@ -77,6 +79,24 @@ class _LedgerCollector:
         yield CounterMetricFamily("archiver_artifact_retries",
                                   "Whole-artifact restarts after a failed download (ledger).",
                                   value=retries)
+        yield CounterMetricFamily("archiver_lost_leases",
+                                  "Job leases taken over from a worker that died or stalled "
+                                  "(ledger; the events name the jobs).",
+                                  value=self.ledger.count_events("lease_lost"))
+        yield CounterMetricFamily("archiver_parked_jobs",
+                                  "Jobs parked after lease.max_lost lost leases (ledger; "
+                                  "`archiver archive JOB` retries one).",
+                                  value=self.ledger.count_events("parked"))
+        now_ = self.clock()
+        live = GaugeMetricFamily("archiver_workers", "Workers registered in the ledger, by "
+                                 "whether their heartbeat is recent (within lease.ttl).",
+                                 labels=["heartbeat"])
+        workers = self.ledger.workers()
+        fresh = sum(1 for w in workers
+                    if w.heartbeat_at and now_ - w.heartbeat_at <= self.lease_ttl)
+        live.add_metric(["recent"], fresh)
+        live.add_metric(["stale"], len(workers) - fresh)
+        yield live
         now = self.clock()
         opened = open_jobs(self.ledger, (INCOMPLETE, WAITING, QUEUED))
         unarchived = [o for o in opened if o.state in UNARCHIVED]
@@ -109,7 +129,7 @@ class ServiceMetrics:
     finished jobs (``archiver_artifact_done`` / ``archiver_job_done``).
     """
 
-    def __init__(self, ledger, *, expiry_warning: float = 86400.0,
+    def __init__(self, ledger, *, expiry_warning: float = 86400.0, lease_ttl: float = 60.0,
                  queue: JobQueue | None = None, clock: Callable[[], float] = time.time):
         prom = _prometheus()
         self._prom = prom
@@ -161,7 +181,7 @@ class ServiceMetrics:
             cap = prom.Gauge("archiver_webhook_queue_capacity", "serve.queue_size.",
                              registry=r)
             cap.set(queue.maxsize)
-        r.register(_LedgerCollector(ledger, expiry_warning, clock))
+        r.register(_LedgerCollector(ledger, expiry_warning, clock, lease_ttl))
 
     # ------------------------------------------------------------------ hooks
     @hookimpl
@@ -178,6 +198,17 @@ class ServiceMetrics:
     @hookimpl
     def archiver_job_done(self, job, state, results) -> None:
         self.jobs.labels(state).inc()
+
+    def worker_outcome(self, outcome) -> None:
+        """A job finished by a worker process (``workers: N``): counted as if this process
+        had run it, so the counters cover every worker of the service."""
+        for sink, (objects, size) in outcome.written.items():
+            self.objects.labels(sink).inc(objects)
+            self.bytes.labels(sink).inc(size)
+        for where, n in outcome.failures.items():
+            self.failures.labels(where).inc(n)
+        if outcome.state in STATES:
+            self.jobs.labels(outcome.state).inc()
 
     # ------------------------------------------------------------------ the loop, receiver
     def poll(self, ok: bool) -> None:
