@@ -1,24 +1,41 @@
 """The ``archiver`` command line. Heavy modules are imported inside commands so that
 ``archiver --help`` stays fast; plugins add commands via ``archiver_register_commands``.
 
-Exit codes: 0 every attempted job archived; 1 some job incomplete; 2 bad configuration
-or usage; 3 fatal source or sink error (wrong API key, sink preflight); 4 a job was lost
-(expired before it was archived); 130 interrupted.
+The commands live by concept: :mod:`archiver.cli_run` (run, archive),
+:mod:`archiver.cli_status` (status, ls), :mod:`archiver.cli_config` (config check),
+:mod:`archiver.cli_logging` (-v/-q/--log-format, redaction); what command plugins share
+is in :mod:`archiver.commands`.
+
+Exit codes (docs/cli.md): 0 every attempted job archived; 1 some job incomplete; 2 could
+not start (configuration, usage, state_dir, ledger); 3 fatal source or sink error (wrong
+API key, sink preflight); 4 a job was lost (expired before it was archived); 5 a job
+named on the command line is unknown; 70 internal error; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import sys
-from contextlib import contextmanager
 
 import click
 
 from . import __version__
-
-from .commands import EXIT_CONFIG, config_option, fail, json_option, open_runtime, stop_signals
+from .cli_config import config_group
+from .cli_logging import prepare, shared_options
+from .cli_run import archive, run
+from .cli_status import ls, status
+from .commands import (
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    config_option,
+    examples,
+    fail,
+    json_option,
+    open_runtime,
+    parse_duration,
+)
 
 _fail = fail
 
@@ -46,7 +63,8 @@ BUILTIN_PLUGIN_COMMANDS = {
 
 
 class _Cli(click.Group):
-    """Adds plugin commands the first time one of them is needed."""
+    """Adds plugin commands the first time one of them is needed; gives every command
+    the shared options (``-v``/``-q``/``--log-format`` after the command name too)."""
 
     _loaded = False
 
@@ -63,7 +81,7 @@ class _Cli(click.Group):
         if cmd is None:
             self._load_plugin_commands()
             cmd = super().get_command(ctx, name)
-        return cmd
+        return prepare(cmd) if cmd is not None else None
 
     def format_commands(self, ctx, formatter) -> None:
         limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
@@ -73,137 +91,56 @@ class _Cli(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
         formatter.write_paragraph()
-        formatter.write_text("Installed plugins may add commands: see `archiver plugins`.")
+        formatter.write_text("Installed plugins may add commands: see `archiver plugins`. "
+                             "Without -c, the configuration is $ARCHIVER_CONFIG, else "
+                             "./archiver.yaml, else $XDG_CONFIG_HOME/archiver/archiver.yaml.")
 
 
-@click.group(cls=_Cli)
-@click.version_option(__version__, prog_name="archiver")
-@click.option("-v", "--verbose", count=True, help="-v for info, -vv for debug logs.")
-def cli(verbose: int) -> None:
-    """Archive Plangrep job results and artifacts into local and cloud sinks."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _run(config_file: str, job_ids, as_json: bool, dry_run: bool = False,
-         workers: int | None = None) -> None:
-    from .progress import Progress
-    if dry_run:
-        from .dryrun import run_plan
-        sys.exit(run_plan(config_file, job_ids, as_json))
-    progress = Progress(enabled=not as_json and sys.stderr.isatty())
-    rt = open_runtime(config_file, on_progress=progress.update)
-    n = workers if workers is not None else rt.settings.workers
-    try:
-        with progress:
-            report = _pass(rt, config_file, job_ids, n)
-    finally:
-        rt.close()
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-    else:
-        _print_report(report)
-    sys.exit(report.exit_code)
-
-
-def _pass(rt, config_file: str, job_ids, n: int):
-    """Preflight, recovery of dead writers, then one pass in this process or with ``n``
-    worker processes; SIGINT/SIGTERM abort in-flight writers (nothing partial kept)."""
-    from .api import run
-    with stop_signals(rt):
-        return run(rt, job_ids=job_ids, workers=n, verbosity=_verbosity())
-
-
-def _verbosity() -> int:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    return int(root.params.get("verbose", 0)) if root is not None else 0
-
-
-def _print_report(report) -> None:
-    click.echo(f"archived {len(report.archived)} job(s), {report.objects_written} object(s) "
-               f"written, {report.bytes_received} bytes received; "
-               f"{report.skipped} already archived, {len(report.nothing_to_store)} with nothing "
-               f"to store, {len(report.waiting)} not finished yet")
-    for job_id, holder in sorted(report.busy.items()):
-        click.echo(f"BUSY {job_id}: {holder}; not touched by this run", err=True)
-    for job_id, why in sorted(report.parked.items()):
-        click.echo(f"PARKED {job_id}: {why}", err=True)
-    for job_id, problems in sorted(report.incomplete.items()):
-        click.echo(f"INCOMPLETE {job_id}:", err=True)
-        for p in problems:
-            click.echo(f"  {p}", err=True)
-    for job_id, msg in sorted(report.lost.items()):
-        click.echo(f"LOST {job_id}: {msg}", err=True)
-    if report.fatal:
-        click.echo(f"error: {report.fatal}", err=True)
-    if report.interrupted:
-        click.echo("interrupted: nothing partial was left; rerun to finish", err=True)
-
-
-dry_run_option = click.option("--dry-run", is_flag=True, help="List each job and object, "
-                              "its key and retention in each sink; write nothing.")
-
-
-workers_option = click.option("--workers", type=click.IntRange(min=1, max=64), default=None,
-                              help="Worker processes (default: workers: in the config, 1).")
-
-
-@cli.command()
-@config_option
-@json_option
-@dry_run_option
-@workers_option
-def run(config_file: str, as_json: bool, dry_run: bool, workers: int | None) -> None:
-    """One pass over every terminal job not yet archived."""
-    _run(config_file, None, as_json, dry_run, workers)
-
-
-@cli.command()
-@config_option
-@json_option
-@dry_run_option
-@click.argument("job_ids", nargs=-1, required=True)
-def archive(config_file: str, as_json: bool, dry_run: bool, job_ids) -> None:
-    """Archive the given jobs (again, if needed: stored copies are skipped)."""
-    _run(config_file, list(job_ids), as_json, dry_run)
-
-
-@cli.command()
-@config_option
-@json_option
-@click.option("--job", "job_id", help="Show every stored copy of one job.")
-def status(config_file: str, as_json: bool, job_id: str | None) -> None:
-    """Jobs archived / incomplete / lost, and bytes per sink, from the ledger."""
-    # reads the ledger only: no secrets, and a missing ledger is an error, not a new one
-    rt = open_runtime(config_file, require_env=False, create=False)
-    ledger = rt.ledger
-    try:
-        data = ledger.summary()
-        if job_id:
-            data["job"] = ledger.job_report(job_id)
-            data["events"] = ledger.events(job_id)
-    finally:
-        rt.close()
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+def _version(ctx: click.Context, param, value: bool) -> None:
+    """``--version``: archiver, Python and every plugin (loaded only here)."""
+    if not value or ctx.resilient_parsing:
         return
-    jobs = data["jobs"]
-    click.echo("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"))
-    for sink, s in sorted(data["sinks"].items()):
-        click.echo(f"sink {sink}: {s['objects']} objects, {s['bytes']} bytes")
-    for p in data["problems"]:
-        click.echo(f"{p['state'].upper()} {p['job_id']}: {p['error']}")
-    for w in data["expiry_warnings"]:
-        click.echo(f"EXPIRES SOON {w['job_id']} (at {w['expires_at']}), not archived yet")
-    if job_id:
-        for c in data["job"]["copies"]:
-            click.echo(f"{c['sink']}: {c['location'] or c['key']} {c['size']} bytes "
-                       f"sha256 received {c['received'].get('sha256')} stored "
-                       f"{c['stored'].get('sha256')}")
+    import platform
+    click.echo(f"archiver {__version__}")
+    click.echo(f"Python {platform.python_version()} ({platform.python_implementation()}, "
+               f"{sys.executable})")
+    from .errors import PluginError
+    from .plugins import build_plugin_manager
+    try:
+        infos = build_plugin_manager().infos
+    except PluginError as exc:
+        click.echo(f"plugins: error: {exc}")
+        ctx.exit(2)
+    click.echo("plugins:")
+    for info in infos.values():
+        kind = "built-in" if info.builtin else "installed"
+        click.echo(f"  {info.name} {info.version} ({kind}, {info.module})")
+    ctx.exit()
 
 
-@cli.command()
+@click.group(cls=_Cli, params=[
+    click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                 callback=_version, help="archiver, Python and plugin versions."),
+    *shared_options()], epilog=examples(
+    "archiver demo                       # try it: emulator + one run",
+    "archiver config check --online      # ./archiver.yaml, the API key, every sink",
+    "archiver run -v                     # one pass, with a line per job",
+    "archiver ls --state incomplete"))
+def cli() -> None:
+    """Archive Plangrep job results and artifacts into local and cloud sinks."""
+
+
+cli.add_command(run)
+cli.add_command(archive)
+cli.add_command(status)
+cli.add_command(ls)
+cli.add_command(config_group)
+
+
+@cli.command(epilog=examples(
+    "archiver cleanup --dry-run",
+    "archiver cleanup --older-than 12h --json",
+    "archiver cleanup --force              # nothing else runs on this ledger"))
 @config_option
 @json_option
 @click.option("--older-than", default=None,
@@ -214,10 +151,14 @@ def status(config_file: str, as_json: bool, job_id: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 def cleanup(config_file: str, as_json: bool, older_than: str | None, force: bool,
             dry_run: bool) -> None:
-    """Remove what dead writers left: temporary files, open multipart uploads."""
+    """Remove what dead writers left: temporary files, open multipart uploads. Needs no
+    API key."""
     from .errors import ArchiverError
     from .recovery import recover_dead_writers
-    seconds = _duration(older_than) if older_than is not None else (0.0 if force else 86400.0)
+    if older_than is not None:
+        seconds = parse_duration(older_than)
+    else:
+        seconds = 0.0 if force else 86400.0
     rt = open_runtime(config_file, require_env=False, create=False)  # no API call: no key
     failed: list[str] = []
     removed: dict[str, list[str]] = {}
@@ -245,15 +186,19 @@ def cleanup(config_file: str, as_json: bool, older_than: str | None, force: bool
         for what in rec.discarded:
             click.echo(f"  {what}")
         for name, items in removed.items():
-            for item in items:
-                click.echo(f"{name}: removed {item}")
+            for item in items:  # sinks name themselves ("primary: removed ...")
+                click.echo(item if item.startswith(f"{name}: ") else f"{name}: {item}")
+        if dry_run:
+            click.echo("(the store listing for unrecorded leftovers is skipped by --dry-run)")
         for msg in failed:
             click.echo(f"error: {msg}", err=True)
     if failed:
-        sys.exit(3)
+        sys.exit(EXIT_FATAL)
 
 
-@cli.command()
+@cli.command(epilog=examples(
+    "archiver worker                       # until SIGTERM",
+    "archiver worker --drain --log-format json"))
 @config_option
 @click.option("--drain", is_flag=True, help="Stop once nothing is left to claim.")
 @click.option("--jsonl", is_flag=True, help="Events on stdout, one JSON object per line "
@@ -265,44 +210,7 @@ def worker(config_file: str, drain: bool, jsonl: bool, since: float | None) -> N
     sys.exit(worker_main(config_file, drain=drain, jsonl=jsonl, since=since))
 
 
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise click.BadParameter(f"not a duration: {text!r} (e.g. 30m, 12h, 1d)") from None
-
-
-@cli.group("config")
-def config_group() -> None:
-    """Validate configuration files."""
-
-
-@config_group.command("check")
-@config_option
-@click.option("--online", is_flag=True, help="Also run each sink's preflight (network).")
-def config_check(config_file: str, online: bool) -> None:
-    """Validate FILE without any network or disk I/O (unless --online)."""
-    from .errors import ConfigError, PluginError
-    from .runtime import load_config_file
-    try:
-        _, loaded = load_config_file(config_file)
-    except (ConfigError, PluginError) as exc:
-        _fail(str(exc))
-    if online:
-        from .errors import ArchiverError
-        for built in loaded.sinks:
-            try:
-                built.cls(built.config, label=built.label).preflight()
-            except ArchiverError as exc:
-                _fail(f"{built.path} ({built.label}): {exc}", 3)
-    for warning in loaded.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    names = ", ".join(f"{b.label} ({b.cls.name})" for b in loaded.sinks)
-    click.echo(f"{config_file}: OK; source {loaded.source.cls.name}, sinks {names}")
-
-
-@cli.command("plugins")
+@cli.command("plugins", epilog=examples("archiver plugins", "archiver plugins --json"))
 @json_option
 def plugins_cmd(as_json: bool) -> None:
     """List plugins with their versions, hooks and component types."""
@@ -319,7 +227,20 @@ def plugins_cmd(as_json: bool) -> None:
         click.echo(f"  hooks: {', '.join(r['hooks'])}")
 
 
-@cli.command()
+@cli.command(epilog=examples(
+    'eval "$(archiver completion bash)"                     # in ~/.bashrc',
+    'eval "$(archiver completion zsh)"                      # in ~/.zshrc',
+    "archiver completion fish > ~/.config/fish/completions/archiver.fish"))
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (commands, options, choices)."""
+    from click.shell_completion import get_completion_class
+    comp_cls = get_completion_class(shell)
+    assert comp_cls is not None
+    click.echo(comp_cls(cli, {}, "archiver", "_ARCHIVER_COMPLETE").source())
+
+
+@cli.command(epilog=examples("archiver emulator --port 8765"))
 @click.option("--port", default=8765, show_default=True)
 @click.option("--no-demo", is_flag=True, help="Start empty instead of with the demo jobs.")
 def emulator(port: int, no_demo: bool) -> None:
@@ -328,7 +249,7 @@ def emulator(port: int, no_demo: bool) -> None:
     serve(port=port, demo=not no_demo)
 
 
-@cli.command()
+@cli.command(epilog=examples("archiver demo --dir /tmp/try-archiver"))
 @click.option("--dir", "directory", default=".", type=click.Path(file_okay=False),
               show_default=True, help="Where ./archive and ./.archiver go.")
 def demo(directory: str) -> None:
@@ -337,8 +258,41 @@ def demo(directory: str) -> None:
     sys.exit(run_demo(directory))
 
 
-def main() -> None:
-    cli()
+def _debugging(argv: list[str]) -> bool:
+    count = sum(a.count("v") for a in argv if a.startswith("-") and set(a[1:]) == {"v"})
+    return count + 2 * argv.count("--verbose") >= 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: click's handling, plus one line (and a documented exit code)
+    for what click would leave as a traceback or a misleading exit 1."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = cli.main(args, prog_name="archiver", standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C outside a pass (which handles its own)
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # `archiver ls | head`
+        sys.stderr.close()
+        sys.exit(141)
+    except Exception as exc:
+        if type(exc).__module__ == "sqlite3" and "locked" in str(exc):
+            # the first write of a pass (registering the worker) waited out the busy timeout
+            click.echo(f"error: the ledger is locked: another process has held its write "
+                       f"lock longer than the busy timeout ({exc}); try again when it is "
+                       "done", err=True)
+            sys.exit(EXIT_CONFIG)
+        # a bug: one line, the traceback with -vv
+        if _debugging(args):
+            import traceback
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc} (a bug; -vv shows "
+                   "the traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,14 @@ class Source(Component):
     def open(self, artifact: Artifact) -> Download:
         raise NotImplementedError
 
+    def preflight(self) -> str | None:
+        """One cheap authenticated request, for ``archiver config check --online``: raise
+        :class:`archiver.errors.AuthError` for refused credentials and
+        :class:`archiver.errors.SourceError` saying what else is wrong (unreachable host,
+        an address that is not the API); return a short description of what was found.
+        The default checks nothing."""
+        return None
+
 
 # --------------------------------------------------------------------------- transforms
 
@@ -169,7 +177,11 @@ class Writer:
     called after a failed ``write`` or ``commit``, and more than once.
     ``pending`` is an opaque token (temporary path, upload id) that the core records in
     the ledger while the writer is open so that a crash can be cleaned up later by
-    :meth:`Sink.discard`.
+    :meth:`Sink.discard`. The core records it as soon as ``open_writer`` returns and
+    again whenever it changes after a ``write``; so create nothing at the sink before the
+    first ``write``/``commit`` unless ``pending`` names it already (the local sink
+    creates its temporary file then). ``abort`` raises while what ``pending`` names
+    cannot be removed: the core then keeps the record for ``discard``.
     """
 
     pending: str | None = None
@@ -245,6 +257,18 @@ class Sink(Component):
     def retention(self, key: str) -> dict[str, Any] | None:
         """The retention an object written at ``key`` now would receive, without I/O
         (shown by ``archiver run --dry-run``); None when the sink applies none."""
+        return None
+
+    def retention_in_force(self, key: str) -> dict[str, Any] | None:
+        """The retention the store holds for the object at ``key`` right now, read back
+        from the provider (``archiver verify`` checks it is still in force and no shorter
+        than recorded or configured).
+
+        Same shape as :meth:`retention`: ``mode`` and ``retain_until`` (ISO 8601) when a
+        retention is set, and each hold that is on (``legal_hold``, ``temporary_hold``,
+        ``event_based_hold``) as True; ``{}`` when the object has none. None (this
+        default) means the sink cannot tell, and verify notes retention as unchecked.
+        Raise :class:`archiver.errors.SinkError` when it cannot be read."""
         return None
 
     def describe(self, key: str) -> str:

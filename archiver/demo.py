@@ -84,7 +84,7 @@ def run_demo(directory: str = ".") -> int:
     click.echo(f"ledger: {where}  jobs: {summary['jobs']}")
     click.echo(f"archived {len(report.archived)} job(s); nothing to store for "
                f"{len(report.nothing_to_store)}; not finished {len(report.waiting)}; "
-               f"already archived {report.skipped}")
+               f"already archived {report.already.get('archived', 0)}")
     click.echo(f"verified {checked} artifact file(s) against the emulator's bytes: "
                f"{'all match' if not bad else f'{len(bad)} MISMATCH'}")
     for loc in bad:

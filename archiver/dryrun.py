@@ -62,7 +62,8 @@ def plan(rt: Runtime, job_ids: Iterable[str] | None = None) -> PlanReport:
 
 
 def _objects(rt: Runtime, job: Job) -> list[dict[str, Any]]:
-    from .compliance.bagit import AUDIT_NAME, bag_root, manifest_name, tag_key, tagmanifest_name
+    from .compliance.bagit import (AUDIT_NAME, NAMES_NAME, bag_root, manifest_name, tag_key,
+                                   tagmanifest_name)
 
     items = rt.items(job, rt.source.read_result(job))
     done = rt.ledger.copies(job.id)
@@ -72,8 +73,9 @@ def _objects(rt: Runtime, job: Job) -> list[dict[str, Any]]:
     bagit = rt.settings.bagit
     if bagit.enabled:
         root = bag_root(job.project_id, job.id)
-        names = ["bagit.txt", *(manifest_name(a) for a in bagit.algorithms), "bag-info.txt",
-                 AUDIT_NAME, *(tagmanifest_name(a) for a in bagit.algorithms if a != "sha256"),
+        # the order BagWriter writes them in (tag manifests last, sha256 last of all)
+        names = ["bagit.txt", *(manifest_name(a) for a in bagit.algorithms), NAMES_NAME,
+                 "bag-info.txt", AUDIT_NAME, *(tagmanifest_name(a) for a in bagit.algorithms if a != "sha256"),
                  tagmanifest_name("sha256")]
         for name in names:
             out.append({"kind": "bag", "path": name, "sinks": {

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("archiver.executors")
 
+# The outcome of a job id named on the command line that the API does not know (404).
+UNKNOWN = "unknown"
+
 
 @dataclass
 class RunReport:
@@ -44,6 +47,9 @@ class RunReport:
     busy: dict[str, str] = field(default_factory=dict)      # job -> who holds it
     parked: dict[str, str] = field(default_factory=dict)    # job -> why
     backoff: list[str] = field(default_factory=list)
+    unknown: dict[str, str] = field(default_factory=dict)   # named job the API answers 404
+    already: dict[str, int] = field(default_factory=dict)   # skipped: settled state -> jobs
+    elapsed: float = 0.0            # seconds, set by whoever ran the pass
     bytes_received: int = 0
     objects_written: int = 0
     fatal: str | None = None
@@ -69,6 +75,10 @@ class RunReport:
                 self.waiting.append(o.job_id)
             elif o.state == SKIPPED:
                 self.skipped += 1
+                why = getattr(o, "previous", None) or "settled meanwhile"
+                self.already[why] = self.already.get(why, 0) + 1
+            elif o.state == UNKNOWN:
+                self.unknown[o.job_id] = o.message or "unknown to the API"
             elif o.state in (BUSY, LEASE_LOST):
                 self.busy[o.job_id] = o.message or "held by another worker"
             elif o.state == PARKED:
@@ -84,16 +94,21 @@ class RunReport:
             return 3
         if self.lost:
             return 4
+        if self.unknown:
+            return 5
         return 1 if self.incomplete or self.parked else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"archived": self.archived, "incomplete": self.incomplete, "lost": self.lost,
                 "nothing_to_store": self.nothing_to_store, "waiting": self.waiting,
-                "skipped_already_archived": self.skipped, "busy": self.busy,
-                "parked": self.parked, "backing_off": self.backoff,
+                "skipped": self.skipped,
+                "skipped_already_archived": self.already.get(ARCHIVED, 0),
+                "already_settled": dict(self.already), "unknown": self.unknown,
+                "busy": self.busy, "parked": self.parked, "backing_off": self.backoff,
                 "bytes_received": self.bytes_received,
                 "objects_written": self.objects_written, "fatal": self.fatal,
-                "interrupted": self.interrupted, "exit_code": self.exit_code}
+                "interrupted": self.interrupted, "elapsed_seconds": round(self.elapsed, 3),
+                "exit_code": self.exit_code}
 
 
 def refusal_outcome(job: Job, refused) -> JobOutcome:
@@ -162,7 +177,7 @@ def run_pass(rt: Runtime, executor: ThreadExecutor, *, job_ids: Iterable[str] | 
         states = rt.ledger.job_states()
         explicit = job_ids is not None
         if explicit:
-            jobs = (rt.source.get_job(j) for j in job_ids)
+            jobs = _named_jobs(rt, job_ids, states, report)
         elif jobs is None:
             jobs = rt.source.iter_jobs()
         for job in jobs:
@@ -189,6 +204,29 @@ def run_pass(rt: Runtime, executor: ThreadExecutor, *, job_ids: Iterable[str] | 
     if rt.draining.is_set() and not report.fatal:
         report.interrupted = True
     return report
+
+
+def _named_jobs(rt: Runtime, job_ids: Iterable[str], states: dict[str, str],
+                report: RunReport) -> Iterable[Job]:
+    """The jobs named on the command line, re-read through the API. An id the API does
+    not know (404) or no longer serves (410, expired) is that job's outcome, not the
+    end of the pass; a refused key or an unreachable API still is."""
+    for job_id in job_ids:
+        try:
+            yield rt.source.get_job(job_id)
+        except AuthError:
+            raise
+        except SourceError as exc:
+            if exc.status == 404:
+                report.add(JobOutcome(job_id, UNKNOWN, message=str(exc)))
+            elif exc.status == 410 and states.get(job_id) == ARCHIVED:
+                report.add(JobOutcome(job_id, SKIPPED, message="already archived; the API "
+                                      "no longer serves it (expired)", previous=ARCHIVED))
+            elif exc.status == 410:
+                report.add(JobOutcome(job_id, LOST, message=f"job {job_id} expired before it "
+                                      f"was archived ({exc})"))
+            else:
+                raise
 
 
 def _auth_refused(rt: Runtime, report: RunReport, exc: AuthError) -> None:

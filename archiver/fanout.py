@@ -13,6 +13,7 @@ ledger and the stop conditions; this module builds the chains itself.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from .chain import build_chains, chain_facts, stored_digests
 from .components import ArtifactContext, Sink, Source, Transform
 from .errors import ArchiverError, ConflictError, SourceError, TransformError
 from .model import Artifact, ArtifactResult, Job, StoredObject
+from .progress import INTERVAL
 from .retry import RetryPolicy
 from .tracked import TrackedWriter
 
@@ -58,6 +60,10 @@ class StoreContext:
     draining: Callable[[], bool] = _never    # start nothing new
     owner: str | None = None                 # worker id, recorded with pending tokens
     wait: Callable[[float], bool] = field(default=lambda s: False)  # sleep; True if stopped
+    # Bytes of a download in flight: on_bytes(job_id, path, done, total), at most once per
+    # progress.INTERVAL per object and never for one done sooner. None: not even the clock
+    # is read (no progress display, workers whose parent shows none).
+    on_bytes: Callable[[str, str, int, int | None], None] | None = None
 
     def chains(self, job: Job, artifact: Artifact | None, key: str):
         ctx = ArtifactContext(job, artifact, key)
@@ -79,6 +85,12 @@ def _what(job: Job, item: Item) -> str:
     return f"job {job.id} {item.kind} {item.path!r}"
 
 
+def _about(job: Job, item: Item, exc: Exception) -> str:
+    """``job J artifact 'p': problem``, once: source errors already name the object."""
+    what, text = _what(job, item), str(exc)
+    return text if text.startswith(what) else f"{what}: {text}"
+
+
 def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactResult:
     res = ArtifactResult(job.id, item.path, item.kind)
     needed = [s for s in p.sinks if (item.path, s) not in done]
@@ -98,20 +110,20 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
         except SourceError as exc:
             if exc.retryable and attempt <= p.policy.retries and not p.stopped():
                 delay = p.policy.sleep_for(attempt, exc.retry_after)
-                log.warning("%s: %s; restarting in %.1fs (attempt %d)", _what(job, item), exc,
+                log.warning("%s; restarting in %.1fs (attempt %d)", _about(job, item, exc),
                             delay, attempt + 1)
                 p.ledger.event("retry", str(exc), job_id=job.id, path=item.path)
                 if p.wait(delay):
                     res.errors["*"] = f"{_what(job, item)}: interrupted"
                     break
                 continue
-            res.errors["*"] = f"{_what(job, item)}: {exc}"
+            res.errors["*"] = _about(job, item, exc)
             break
         except Interrupted:
             res.errors["*"] = f"{_what(job, item)}: interrupted, nothing partial kept"
             break
         except TransformError as exc:
-            res.errors["*"] = f"{_what(job, item)}: {exc}"
+            res.errors["*"] = _about(job, item, exc)
             break
     with p.ledger.batch():  # everything this object adds to the ledger: one transaction
         for out, stored in committed:
@@ -156,14 +168,22 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
                 continue
             outs[name] = _Out(name, own[name], w)
         chunks, dl = _chunks(p, item)
+        track = p.on_bytes if dl is not None else None
         try:
             if dl is not None:
                 res.filename = getattr(dl, "filename", None)
             size = 0
+            if track is not None:
+                total, next_at = getattr(dl, "size", None), time.monotonic() + INTERVAL
             for chunk in chunks:
                 if p.stopped():
                     raise Interrupted("stop requested")
                 size += len(chunk)
+                if track is not None:
+                    now = time.monotonic()
+                    if now >= next_at:
+                        next_at = now + INTERVAL
+                        track(job.id, item.path, size, total)
                 for data in head.feed(chunk):
                     _fan_out(p, job, item, outs, data, res)
             for data in head.finish():

@@ -2,12 +2,12 @@
 
 Plugins implement these with ``@archiver.hookimpl`` and are found through the entry-point
 group ``archiver`` (built-ins included). Bytes never cross a hook: hooks register
-components, filter and name artifacts, and observe outcomes.
+components (and ledger backends), filter and name artifacts, and observe outcomes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
@@ -58,6 +58,24 @@ def archiver_register_sinks(register: Callable[[type], None]) -> None:
 @hookspec
 def archiver_register_commands(cli: "click.Group") -> None:
     """Add commands to the ``archiver`` command line, e.g. ``@cli.command()``.
+
+    All implementations run; return value ignored.
+    """
+
+
+@hookspec
+def archiver_register_ledgers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register ledger backends by calling ``register(scheme, opener)``.
+
+    ``scheme`` is a ``ledger.url`` scheme (``"postgresql"``, matched case-insensitively);
+    ``opener(url, *, settings, create, read_only)`` returns an
+    :class:`archiver.ledger.Ledger` (``url`` is the plain URL, password included: never
+    log it), and is also called with ``migrate=True`` by ``archiver ledger migrate``. It
+    is called after the plugin manager is built, so registering must not connect or
+    import a database driver. The schemes of the plugin manager built last are those
+    :func:`archiver.ledger.open_ledger` knows (besides the built-in ``sqlite``); two
+    plugins registering one scheme, or a plugin registering ``sqlite``, is an error
+    naming them.
 
     All implementations run; return value ignored.
     """

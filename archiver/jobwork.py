@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ArchiverError, AuthError, LeaseLost, SourceError
 from .fanout import Item, store_item
+from .humanize import duration, parse_iso
+from .humanize import size as _size
 from .ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
 from .model import ArtifactResult, Job
 from .triage import ARCHIVE, LOSE, NOTHING_TO_STORE, SKIP, WAIT, decide
@@ -47,6 +49,7 @@ class JobOutcome:
     expires_at: str | None = None
     written: dict[str, list[int]] = field(default_factory=dict)  # sink -> [objects, bytes]
     failures: dict[str, int] = field(default_factory=dict)       # sink or "*" -> objects
+    previous: str | None = None      # skipped: the state the ledger already had
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +65,7 @@ def settle(rt: Runtime, job: Job, previous: str | None, *,
     """Record what needs no work; None when the job is to be archived."""
     d = decide(job, previous, explicit=explicit)
     if d.action == SKIP:
-        return JobOutcome(job.id, SKIPPED, message=d.reason)
+        return JobOutcome(job.id, SKIPPED, message=d.reason, previous=previous)
     if d.action == WAIT:
         if previous != WAITING:
             rt.ledger.record_job(job, WAITING)
@@ -74,11 +77,44 @@ def settle(rt: Runtime, job: Job, previous: str | None, *,
         rt.hook_job_done(job, NOTHING, [])
         return JobOutcome(job.id, NOTHING, message=d.reason)
     assert d.action == ARCHIVE
-    if previous is None:  # audit trail: the first time this job is seen
+    if previous is None and not _discovered(rt, job.id):  # audit trail: once per job
         rt.ledger.event("discovered", f"{job.status} job to archive", job_id=job.id,
                         data={"project_id": job.project_id, "status": job.status,
                               "expires_at": job.expires_at})
     return None
+
+
+def _discovered(rt: Runtime, job_id: str) -> bool:
+    """Was the job's ``discovered`` event recorded already? A job can be triaged again
+    with no ledger row (a pass killed before the job was claimed or queued, a fleet's
+    parent killed mid-listing): the event is still recorded once, by whichever run or
+    process saw the job first (its row may not exist yet: only the events say so)."""
+    return any(e.kind == "discovered" for e in rt.ledger.event_rows(job_id, limit=10_000))
+
+
+def warn_expiring(rt: Runtime, now: float | None = None) -> list[str]:
+    """What ``watch`` does for open jobs, for one-pass commands: a warning line (on
+    stderr, through logging) for every open job (waiting, incomplete) whose ``expiresAt``
+    is within ``watch.expiry_warning``, and one ``expiry_warning`` event per job (none
+    when watch already recorded it). Returns the messages."""
+    window = float(rt.settings.watch.expiry_warning)
+    if window <= 0:
+        return []
+    now = time.time() if now is None else now
+    warned, out = None, []
+    for row in rt.ledger.open_job_rows((INCOMPLETE, WAITING)):
+        expires = parse_iso(row.expires_at)
+        if expires is None or not 0 < expires - now <= window:
+            continue
+        msg = (f"job {row.job_id} ({row.state}) expires in {duration(expires - now)} and is "
+               "not archived yet")
+        log.warning("EXPIRY WARNING: %s", msg)
+        out.append(msg)
+        warned = rt.ledger.jobs_with_event("expiry_warning") if warned is None else warned
+        if row.job_id not in warned:
+            rt.ledger.event("expiry_warning", msg, job_id=row.job_id)
+            warned.add(row.job_id)
+    return out
 
 
 def lose(rt: Runtime, job: Job, message: str, lease: JobLease | None = None) -> JobOutcome:
@@ -169,8 +205,10 @@ def _archive(rt: Runtime, job: Job, pool: Executor, lease: JobLease, out: JobOut
         rt.ledger.event("archived", f"{len(results)} objects in {len(rt.sinks)} sinks",
                         job_id=job.id)
     out.state = ARCHIVED
-    log.info("job %s archived: %d objects, %d bytes received, sinks %s", job.id,
-             len(results), out.bytes_received, ", ".join(rt.sinks))
+    log.info("job %s archived: %d objects, %s received, sinks %s", job.id, len(results),
+             _size(out.bytes_received), ", ".join(rt.sinks),
+             extra={"event": "archived", "job_id": job.id, "objects": len(results),
+                    "bytes": out.bytes_received, "sinks": list(rt.sinks)})
     rt.hook_job_done(job, ARCHIVED, results)
 
 

@@ -66,6 +66,25 @@ def _names(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
+def _register_ledgers(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    """Ledger schemes from ``archiver_register_ledgers``: they replace those of the
+    plugin manager built before (:func:`archiver.ledger.factory.use_plugin_schemes`)."""
+    from .ledger import factory
+    openers: dict[str, tuple[object, str]] = {}
+    for impl in pm.hook.archiver_register_ledgers.get_hookimpls():
+        def register(scheme: str, opener, plugin: str = impl.plugin_name) -> None:
+            key = scheme.lower()
+            if key == "sqlite" or key in openers:
+                first = "archiver (built-in)" if key == "sqlite" else openers[key][1]
+                raise PluginError(f"ledger scheme {key!r} is registered by two plugins: "
+                                  f"{first} and {plugin}")
+            openers[key] = (opener, plugin)
+        impl.function(register=register)
+        infos[impl.plugin_name].components += [
+            f"ledger:{k}" for k, (_, owner) in openers.items() if owner == impl.plugin_name]
+    factory.use_plugin_schemes(openers)
+
+
 def build_plugin_manager(*, extra: list[tuple[str, object]] = (),
                          entry_points: bool | None = None) -> Plugins:
     """A fresh manager: built-ins, then entry points of group ``archiver``, then ``extra``
@@ -113,6 +132,7 @@ def build_plugin_manager(*, extra: list[tuple[str, object]] = (),
             infos[impl.plugin_name].components += [
                 f"{kind}:{n}" for (k, n), owner in registry.owners.items()
                 if k == kind and owner == impl.plugin_name]
+    _register_ledgers(pm, infos)
     for name, info in infos.items():
         plugin = pm.get_plugin(name)
         info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])

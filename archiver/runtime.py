@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import keys as keymod
 from .fanout import Item, StoreContext
+from .progress import ENV as PROGRESS_ENV
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ def _instantiate(built: Built, **kw):
     return built.cls(built.config, **kw)
 
 
+def _no_progress(kind: str, data: dict[str, Any]) -> None:
+    """The default ``on_progress``: nobody is watching (no bytes events are made)."""
+
+
 class Runtime:
     """Components, ledger and plugins of one config, and the stop flags of this process.
 
@@ -61,7 +67,7 @@ class Runtime:
         self.stop = threading.Event()
         self.draining = threading.Event()
         self.policy = RetryPolicy(retries=self.settings.artifact_attempts - 1)
-        self.on_progress = on_progress or (lambda kind, data: None)
+        self.on_progress = on_progress or _no_progress
         self.owns_ledger = False  # True when opened by open(): close() closes it too
         self.worker: WorkerId | None = None   # set by whoever claims jobs in this process
         self.counters_lock = threading.Lock()  # outcome counters summed by many threads
@@ -69,14 +75,18 @@ class Runtime:
     @classmethod
     def open(cls, config_file: str, *, require_env: bool = True, create: bool = True,
              read_only: bool = False, plugins: Plugins | None = None,
-             on_progress: Callable[[str, dict[str, Any]], None] | None = None) -> Runtime:
-        """The one way to open a runtime from a config file.
+             on_progress: Callable[[str, dict[str, Any]], None] | None = None,
+             loaded: LoadedConfig | None = None) -> Runtime:
+        """The one way to open a runtime from a config file (``loaded``: already loaded
+        from it, with ``plugins``).
 
-        Raises ConfigError / PluginError (bad configuration, exit 2) and LedgerError (no
-        ledger with ``create=False``, a schema newer than this code)."""
+        Raises ConfigError / PluginError (bad configuration, exit 2), LedgerError (no
+        ledger with ``create=False``, a schema newer than this code) and OSError /
+        sqlite3.Error (a state_dir that cannot be created, a locked ledger)."""
         from .ledger import open_ledger
-        plugins, loaded = load_config_file(config_file, require_env=require_env,
-                                           plugins=plugins)
+        if loaded is None or plugins is None:
+            plugins, loaded = load_config_file(config_file, require_env=require_env,
+                                               plugins=plugins)
         ledger = open_ledger(loaded.settings, create=create, read_only=read_only)
         rt = cls(loaded, plugins, ledger, on_progress=on_progress)
         rt.owns_ledger = True
@@ -154,7 +164,18 @@ class Runtime:
         halt = stop.is_set if stopped is None else (lambda: stop.is_set() or stopped())
         return StoreContext(self.source, self.sinks, self.common, self.per_sink, self.ledger,
                             self.policy, stopped=halt, draining=self.draining.is_set,
-                            owner=self.worker_id, wait=stop.wait)
+                            owner=self.worker_id, wait=stop.wait,
+                            on_bytes=self._on_bytes if self.shows_progress else None)
+
+    @property
+    def shows_progress(self) -> bool:
+        """Somebody watches the bytes in flight: a progress callback was given, and no
+        parent without a display said otherwise (``ARCHIVER_PROGRESS=0``: its workers)."""
+        return (self.on_progress is not _no_progress
+                and os.environ.get(PROGRESS_ENV) != "0")
+
+    def _on_bytes(self, job_id: str, path: str, done: int, total: int | None) -> None:
+        self.on_progress("bytes", {"job": job_id, "path": path, "done": done, "total": total})
 
     def keys(self, job: Job, artifact: Artifact | None, default: str,
              transformed: bool) -> dict[str, str]:

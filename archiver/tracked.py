@@ -2,9 +2,12 @@
 
 Every path that writes to a sink (the pipeline, bag tag files, replication) goes through
 :class:`TrackedWriter`: the writer's ``pending`` token (temporary file, multipart upload
-id, resumable session) is recorded before the first byte, updated when it changes, and
-removed after commit or abort, so a run killed at any point leaves a record that the next
-run or ``archiver cleanup`` turns into :meth:`Sink.discard`.
+id, resumable session) is recorded (committed) before the first byte, updated when it
+changes, and removed after commit or after an abort that succeeded, so a run killed at
+any point leaves a record that the next run or ``archiver cleanup`` turns into
+:meth:`Sink.discard`. A writer creates nothing before its first write (the contract of
+:class:`archiver.components.Writer`), so there is no gap between "exists" and
+"recorded"; an abort that fails (the sink cannot remove the leftover) keeps the record.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 A complete run (no ``--only``, no ``--smoke``) writes ``docs/benchmarks.md``,
 ``docs/img/benchmarks.png`` and ``benchmarks/out/results.json``; partial runs write into
 ``benchmarks/out/`` unless ``--output`` says otherwise, so they never overwrite the
-published page by accident.
+published page by accident. ``--merge`` publishes a partial run: the scenarios rerun
+replace theirs in ``docs/benchmarks.md`` and the others keep their published sections,
+each marked with the run it comes from (:mod:`benchmarks.merge`); with ``--from-json`` it
+merges the results of an earlier partial run without measuring anything.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SCENARIOS = (
     ("rerun", "s4_rerun"),
     ("decompress", "s5_decompress"),
     ("startup", "s6_startup"),
+    ("scaleout", "s7_scaleout"),
 )
 
 
@@ -47,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and rclone with one process per URL on every URL")
     p.add_argument("--only", action="append", metavar="NAME",
                    help=f"run only these scenarios (repeat or comma-separate): "
-                        f"{', '.join(names)} (or 1-6)")
+                        f"{', '.join(names)} (or 1-{len(names)})")
     p.add_argument("--smoke", action="store_true",
                    help="minimal sizes, 1 repetition: proves every scenario executes "
                         "(numbers meaningless)")
@@ -60,8 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-chart", action="store_true", help="skip the PNG (no matplotlib)")
     p.add_argument("--from-json", type=Path, metavar="RESULTS",
                    help="measure nothing: re-render the page and chart from a results.json "
-                        "(into --output, default benchmarks/out/)")
+                        "(into --output, default benchmarks/out/, or docs/ with --merge)")
+    p.add_argument("--merge", action="store_true",
+                   help="publish a partial run: replace the sections of the scenarios run "
+                        "in the page of --output (default docs/), keep the others as they "
+                        "are, each marked with the run it comes from")
     args = p.parse_args(argv)
+    if args.merge and args.smoke:
+        p.error("--merge publishes results: not with --smoke (its numbers mean nothing)")
     chosen = []
     for item in args.only or []:
         for name in filter(None, (s.strip() for s in item.split(","))):
@@ -123,11 +133,12 @@ def rerender(args: argparse.Namespace) -> int:
     from .results import load_results, write_results
 
     data, results = load_results(args.from_json)
-    out_dir = args.output or ROOT / "benchmarks" / "out"
+    out_dir = args.output or ROOT / ("docs" if args.merge else "benchmarks/out")
     for path in write_results(results, out_dir, info=data["info"], mode=data["mode"],
                               reps=data["reps"], total_seconds=data["total_seconds"],
                               chart=not args.no_chart, command=data.get(
-                                  "command", "python -m benchmarks")):
+                                  "command", "python -m benchmarks"),
+                              merge=args.merge, when=data.get("when")):
         print(f"wrote {path}")
     return 0
 
@@ -137,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         return rerender(args)
     complete = set(args.chosen) == {n for n, _ in SCENARIOS} and not args.smoke
-    out_dir = args.output or (ROOT / "docs" if complete else ROOT / "benchmarks" / "out")
+    out_dir = args.output or (ROOT / "docs" if complete or args.merge
+                              else ROOT / "benchmarks" / "out")
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="archiver-bench-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     written = write_results(results, out_dir, info=info, mode=mode, reps=args.reps,
                             total_seconds=time.monotonic() - t0, chart=not args.no_chart,
                             command="python -m benchmarks " + " ".join(
-                                sys.argv[1:] if argv is None else argv))
+                                sys.argv[1:] if argv is None else argv),
+                            merge=args.merge and not complete)
     for path in written:
         log(f"wrote {path}")
     return 0 if all(r.status != "failed" for r in results) else 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["large", "fanout", "small", "rerun", "decompress", "startup"]
+SCENARIOS = ["large", "fanout", "small", "rerun", "decompress", "startup", "scaleout"]
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("curl", "zstd", "gzip", "sha256sum", "timeout",
@@ -47,6 +47,44 @@ def test_scenario_runs_in_smoke_mode(name: str, tmp_path: Path):
             assert run["rss_kib"] > 0  # from the kernel via GNU time, never estimated
         assert row["label"] in page.replace("\\|", "|")
     assert scenario["targets"]
+    if name == "scaleout":  # 1 process and 2 worker processes, per-process RSS apart
+        two = next(r for r in scenario["rows"] if r["label"].startswith("2 worker"))
+        [run] = two["runs"]
+        assert len(run["extra"]["rss_workers_kib"]) == 2, run["extra"]
+        assert all(k > 0 for k in run["extra"]["rss_workers_kib"])
+        assert run["extra"]["rss_parent_kib"] > 0
+        assert "Speed-up and CPU per artifact" in page
+
+
+def test_merge_keeps_the_scenarios_not_rerun(tmp_path: Path):
+    """``--merge`` replaces the sections of the scenarios in results.json and keeps the
+    others from the published page, each with the run it comes from."""
+    from benchmarks.harness import Row, ScenarioResult, Target
+    from benchmarks.measure import Measurement
+    from benchmarks.merge import parse_page
+    from benchmarks.results import write_results
+
+    published = (ROOT / "docs" / "benchmarks.md").read_text()
+    (tmp_path / "benchmarks.md").write_text(published)
+    before = parse_page(published)
+    assert 3 in before.sections and before.sections[1].rows
+    new = ScenarioResult("small", "3. Many small artifacts", "fresh", rows=[
+        Row("**x**", "archiver", [Measurement(1.0, 1024, 0.5)], 10, "artifacts/s")],
+        targets=[Target("a target", True, "1×")])
+    write_results([new], tmp_path, info={"archiver commit": "abc"}, mode="default",
+                  reps=1, total_seconds=60, chart=False, command="python -m benchmarks "
+                  "--only small --merge", merge=True, when="2030-01-01 00:00 UTC")
+    page = (tmp_path / "benchmarks.md").read_text()
+    after = parse_page(page)
+    assert set(after.sections) == set(before.sections)
+    for n, kept in before.sections.items():
+        if n != 3:  # kept verbatim below their provenance line
+            assert kept.body.split("\n", 2)[2] in page, n
+            assert after.sections[n].provenance == kept.provenance
+            assert all(t in page for t in kept.targets)
+    assert after.sections[3].provenance.startswith("*From the run of 2030-01-01 00:00 UTC")
+    assert "| 3 | a target | ✅ met (1×) |" in page
+    assert "Assembled by `python -m benchmarks --only small --merge`" in page
 
 
 def test_unknown_scenario_is_refused():

@@ -17,6 +17,11 @@ from archiver.keys import (
     MAX_SEGMENT_BYTES,
     artifact_key,
     artifact_keys,
+    decode_key,
+    decode_segment,
+    encode_segment,
+    ensure_safe_key,
+    is_clean_segment,
     job_json_key,
     job_prefix,
     join_prefix,
@@ -50,6 +55,15 @@ def assert_safe(key: str, limit: int = MAX_KEY_BYTES, segment_limit: int = MAX_S
     assert len(key.encode()) <= limit, (len(key.encode()), key[:80])
 
 
+def assert_clean(key: str):
+    """A stored payload name: nothing a manifest, shell or filesystem treats specially."""
+    assert not any(c in key for c in "%\r\n\\"), repr(key)
+    assert not any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in key), repr(key)
+    for segment in key.split("/"):
+        assert segment == segment.rstrip(), repr(key)  # readers strip line ends
+        assert is_clean_segment(segment), repr(key)
+
+
 # --------------------------------------------------------------------------- sanitize_key
 
 @pytest.mark.parametrize("path", HOSTILE, ids=lambda p: repr(p)[:40])
@@ -58,17 +72,31 @@ def test_every_hostile_path_gives_a_safe_key(path):
 
 
 @pytest.mark.parametrize("path, key", [
-    ("../../etc/passwd", "%2E%2E/%2E%2E/etc/passwd"),
+    ("../../etc/passwd", "．．/．．/etc/passwd"),
     ("/abs", "abs"),
-    ("a\\..\\b", "a%5C..%5Cb"),  # backslash is no separator: one segment, escaped
-    ("a\x00b\x1f\x7f", "a%00b%1F%7F"),
+    ("a\\..\\b", "a＼..＼b"),  # backslash is no separator: one segment, a look-alike
+    ("a\x00b\x1f\x7f", "a␀b␟␡"),
     ("a//b", "a/b"),
-    ("100%", "100%25"),
+    ("100%", "100％"),
+    ("odd name %25 with \nnewline.txt", "odd name ％25 with ␊newline.txt"),
+    ("cr\r.txt", "cr␍.txt"),
+    ("trailing  ", "trailing␠␠"),
+    ("nbsp\u00a0", "nbsp‛00A0"),
+    ("a\x85b\u2028c", "a‛0085b‛2028c"),
+    ("100％ ‛ ␊ ．", "100‛％ ‛‛ ‛␊ ‛．"),  # look-alikes in the original are quoted
     ("日本語/ファイル.pdf", "日本語/ファイル.pdf"),  # readable non-ASCII stays as is
-    ("\ud800", "%uD800"),
+    ("a + b & c.txt", "a + b & c.txt"),
+    ("\ud800", "‛D800"),
 ])
 def test_known_mappings(path, key):
     assert sanitize_key(path) == key
+    assert decode_key(key) == "/".join(s for s in path.split("/") if s)
+
+
+def test_layout_prefixes_keep_the_percent_escapes_of_earlier_releases():
+    # bag roots and sink prefixes are not manifest paths: existing archives stay put
+    assert job_prefix("p%", "..") == "p%25/%2E%2E"
+    assert join_prefix("a%b/.", "k") == "a%25b/%2E/k"
 
 
 def test_empty_paths_get_a_stable_name():
@@ -105,6 +133,36 @@ examples = settings(max_examples=300, deadline=None, database=None)
 @given(text)
 def test_any_text_gives_a_safe_key(path):
     assert_safe(sanitize_key(path))
+    assert_clean(sanitize_key(path))
+
+
+@examples
+@given(st.text(st.one_of(st.sampled_from("%\r\n\\. \x00\x7f\x85\u00a0\u2028％＼．␊␠␡‛0A"),
+                         st.characters()), max_size=60))
+def test_the_mapping_is_reversible(name):
+    encoded = encode_segment(name)
+    assert decode_segment(encoded) == name
+    if name and len(encoded.encode()) <= MAX_SEGMENT_BYTES:
+        assert is_clean_segment(encoded)
+        assert sanitize_key(name) == encoded or "/" in name
+
+
+@examples
+@given(text)
+def test_sanitised_keys_pass_ensure_safe_key_unchanged(path):
+    key = f"{job_prefix('p', 'j')}/data/artifacts/{sanitize_key(path)}"
+    assert ensure_safe_key(key) == key  # sanitising twice never re-encodes
+
+
+def test_plugin_changed_keys_are_repaired_without_double_encoding():
+    root = job_prefix("p%", "j")  # a bag root of an earlier release keeps its escapes
+    # a transform rename that leaves a trailing space; a hook key holding "%" and LF
+    assert ensure_safe_key(f"{root}/data/artifacts/100％ x ") == \
+        f"{root}/data/artifacts/100％ x␠"
+    assert ensure_safe_key(f"{root}/data/custom/a%b\nc") == f"{root}/data/custom/a％b␊c"
+    assert decode_key("100％ x␠") == "100% x "
+    # keys outside the layout are only made safe, as before
+    assert ensure_safe_key("elsewhere/a%25b") == "elsewhere/a%25b"
 
 
 # --------------------------------------------------------------------------- artifact_keys
@@ -138,6 +196,7 @@ def test_artifact_keys_property(paths):
     assert len({folded(k) for k in keys.values()}) == len(keys)
     for key in keys.values():
         assert_safe(key, limit=MAX_KEY_BYTES + 2 * 9, segment_limit=NAME_MAX - 30)
+        assert_clean(key)
     shuffled = list(paths)
     random.Random(0).shuffle(shuffled)
     assert artifact_keys(shuffled) == keys
@@ -159,7 +218,7 @@ def test_layout_keys_are_safe(project, job):
 def test_join_prefix():
     assert join_prefix("archive/", "k") == join_prefix("archive", "k") == "archive/k"
     assert join_prefix("", "k") == "k"
-    assert join_prefix("../x//y", "k") == "%2E%2E/x/y/k"
+    assert join_prefix("../x//y", "k") == "%2E%2E/x/y/k"  # as in earlier releases
 
 
 # --------------------------------------------------------------------------- end to end
@@ -204,6 +263,17 @@ def test_file_and_directory_keys_do_not_clash():
 
 def test_c1_control_characters_are_escaped():
     assert not any(unicodedata.category(c) == "Cc" for c in sanitize_key("a\x85b\x9bc"))
+    assert decode_key(sanitize_key("a\x85b\x9bc")) == "a\x85b\x9bc"
+
+
+def test_a_cut_name_never_ends_inside_an_escape():
+    for pad in range(160, 185):
+        for tail in ("‛" * 20, "\x85" * 20, "％" * 20):
+            name = "x" * pad + tail
+            key = sanitize_key(name)
+            assert len(key.encode()) <= MAX_SEGMENT_BYTES and is_clean_segment(key)
+            head = key.rsplit("~", 1)[0]
+            assert name.startswith(decode_segment(head)), (pad, tail[0])
 
 
 def test_clash_suffix_keeps_segment_limit():

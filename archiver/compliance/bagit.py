@@ -2,28 +2,35 @@
 
 The bag root is the job's directory, ``{project_id}/{job_id}/``; the payload is what the
 layout already puts under ``data/``. Beside it go ``bagit.txt``, ``manifest-<alg>.txt``
-(one per configured algorithm), ``bag-info.txt``, ``audit.jsonl`` (the job's audit
-records) and, last of all, ``tagmanifest-<alg>.txt`` with ``tagmanifest-sha256.txt`` the
-very last object written. They are written through the sink's ordinary writer (so they
-get the sink's retention, and are never overwritten), only for a job whose every object
-has a verified copy in that sink: a bag with ``tagmanifest-sha256.txt`` is complete by
-construction, and an incomplete job gets no tag files.
+(one per configured algorithm), ``archiver-names.json`` (each payload file's original
+path), ``bag-info.txt``, ``audit.jsonl`` (the job's audit records) and, last of all,
+``tagmanifest-<alg>.txt`` with ``tagmanifest-sha256.txt`` the very last object written.
+They are written through the sink's ordinary writer (so they get the sink's retention,
+and are never overwritten), only for a job whose every object has a verified copy in
+that sink: a bag with ``tagmanifest-sha256.txt`` is complete by construction, and an
+incomplete job gets no tag files.
 
 Manifests are built from the ledger's copies of the job in that sink, whichever run
 stored them, with the sink's real keys relative to the bag root (``data/...``). Digests
 the ledger lacks (an algorithm no checksum transform computed) are computed by reading
-the stored object back. Paths are encoded as RFC 8493 asks: ``%`` → ``%25``, CR →
-``%0D``, LF → ``%0A``.
+the stored object back. Payload names written by this release never hold ``%``, CR or
+LF (:mod:`archiver.keys` maps them to look-alike characters), so manifest lines need no
+encoding and every BagIt reader agrees on them; names stored by earlier releases (kept
+where they are) are encoded as RFC 8493 asks: ``%`` → ``%25``, CR → ``%0D``, LF →
+``%0A``. ``archiver-names.json`` maps every payload file back to the path it came from
+(the API's artifact path, ``job.json``, ``result.json``); the tag manifests cover it.
 
 A run cut short between tag files is resumed: an existing ``bag-info.txt`` or
 ``audit.jsonl`` is adopted as stored (its date and records are history), while an
-existing ``bagit.txt`` or manifest with other content than the ledger implies is an error
-naming the key, left untouched.
+existing ``bagit.txt``, manifest or ``archiver-names.json`` with other content than the
+ledger implies is an error naming the key, left untouched. A complete bag of an earlier
+release (no ``archiver-names.json``) is adopted as it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -45,6 +52,8 @@ log = logging.getLogger("archiver.compliance.bagit")
 
 BAGIT_TXT = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
 AUDIT_NAME = "audit.jsonl"
+NAMES_NAME = "archiver-names.json"
+NAMES_FORMAT = "archiver-names/1"
 ADOPTABLE = ("bag-info.txt", AUDIT_NAME)  # history: kept as first written
 #: Manifest algorithms archiver writes and checks (names come from tag file names).
 SUPPORTED = ("md5", "sha1", "sha256", "sha512")
@@ -152,6 +161,26 @@ def payload_files(ledger, sink: Sink, job: JobRef, algorithms: list[str],
     return files
 
 
+def names_text(job: JobRef, files: list[PayloadFile]) -> bytes:
+    """``archiver-names.json``: each payload file (relative to the bag root, as in the
+    manifests) and the original path it was stored for. Deterministic: one JSON document,
+    keys sorted, files sorted by name, UTF-8 (an undecodable byte of an original path,
+    a lone surrogate, is written as its JSON escape ``\\udcXX``)."""
+    doc = {"format": NAMES_FORMAT, "job_id": job.id, "project_id": job.project_id,
+           "files": [{"file": f.relpath, "path": f.path}
+                     for f in sorted(files, key=lambda f: f.relpath)]}
+    text = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    return text.encode("utf-8", "backslashreplace")
+
+
+def parse_names(data: bytes) -> dict[str, str]:
+    """``file -> original path`` of an ``archiver-names.json``."""
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("format") != NAMES_FORMAT:
+        raise BagError(f"{NAMES_NAME}: not an {NAMES_FORMAT} document")
+    return {e["file"]: e["path"] for e in doc["files"]}
+
+
 def bag_info(job: JobRef, files: list[PayloadFile], settings: BagitSettings,
              when: datetime | None = None) -> bytes:
     when = when or datetime.now(timezone.utc)
@@ -243,6 +272,8 @@ class BagWriter:
         root = bag_root(job.project_id, job.id)
         tags: dict[str, bytes] = {"bagit.txt": BAGIT_TXT}
         tags.update({manifest_name(a): m for a, m in p.manifests.items()})
+        if not self._older_bag(sink, root):
+            tags[NAMES_NAME] = names_text(job, p.files)
         tags["bag-info.txt"] = bag_info(job, p.files, self.settings, when)
         tags[AUDIT_NAME] = audit_bytes
         written = {}
@@ -262,6 +293,19 @@ class BagWriter:
                           job_id=job.id, sink=sink.label, data={
                               "payload_oxum": p.oxum, "tagmanifest-sha256": written[
                                   tagmanifest_name("sha256")].digests.get("sha256")})
+
+    @staticmethod
+    def _older_bag(sink: Sink, root: str) -> bool:
+        """A complete bag of an earlier release (its tag manifest lists no names file)
+        is already there: it is adopted as it is (a rerun after the ledger was lost)."""
+        key = tag_key(root, tagmanifest_name("sha256"))
+        top = storage.read_small(sink, key)
+        if top is None:
+            return False
+        try:
+            return NAMES_NAME not in parse_manifest(top, sink.describe(key))
+        except BagError:
+            return False
 
     def _put(self, sink: Sink, job: JobRef, root: str, name: str, data: bytes):
         key = tag_key(root, name)

@@ -11,6 +11,11 @@ What is found, each naming the sink, the job and the object or tag file:
   listed;
 * ``tag``: a tag file differs from ``tagmanifest-sha256.txt`` or from the ledger's record
   of what was written, or is missing;
+* ``retention``: the retention the store holds now (``Sink.retention_in_force``) is
+  missing, shorter or weaker than the one recorded when the copy was stored (the sink's
+  read-back, in the ``retention`` audit record), or, for a copy stored without one, than
+  the configured retention (``Sink.retention``) counted from when it was stored; or a
+  hold was removed;
 * ``unreachable`` / ``unchecked``: the sink could not be read; the rest of it is listed as
   not checked. Nothing is ever repaired.
 
@@ -23,10 +28,13 @@ ledger. Memory: one chunk per object read, plus each bag's manifests.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from ..components import Sink
@@ -45,7 +53,16 @@ from .bagit import (
 
 log = logging.getLogger("archiver.compliance.fixity")
 
-TAMPERING = ("altered", "missing", "added", "manifest", "tag", "unreadable")
+TAMPERING = ("altered", "missing", "added", "manifest", "tag", "unreadable", "retention")
+
+#: Retention modes by strength (S3 Object Lock, GCS object retention): a stronger mode
+#: satisfies a weaker one.
+MODE_RANK = {"GOVERNANCE": 1, "COMPLIANCE": 2, "Unlocked": 1, "Locked": 2}
+HOLDS = ("legal_hold", "temporary_hold", "event_based_hold")
+#: A copy recorded without retention facts is held to the configured retention counted
+#: from its ``stored_at``, less this many seconds (providers count from the upload's
+#: start, which the ledger does not know).
+FALLBACK_SLACK = 86400.0
 
 
 @dataclass
@@ -106,7 +123,12 @@ class _Bag:
 
 
 class Auditor:
-    """Runs one fixity audit over configured sinks; reads, never writes, the sinks."""
+    """Runs one fixity audit over configured sinks; reads, never writes, the sinks.
+
+    ``on_progress`` (set it before :meth:`run`): progress events, as ``archiver run``
+    makes them (``total``, ``bytes``, ``artifact``), for a display."""
+
+    on_progress = None
 
     def __init__(self, ledger, sinks: dict[str, Sink]):
         self.ledger, self.sinks = ledger, sinks
@@ -120,7 +142,10 @@ class Auditor:
         rows = [r for r in self.ledger.copy_rows(since=since) if r.sink in names]
         self.report.objects = len(rows)
         groups: dict[tuple[str, str], list[CopyRow]] = defaultdict(list)
-        for row in select(rows, sample, budget):
+        picked = select(rows, sample, budget)
+        if self.on_progress is not None:
+            self.on_progress("total", {"bytes": sum(r.size or 0 for r in picked)})
+        for row in picked:
             groups[(row.sink, row.job_id)].append(row)
         for (name, job_id), chosen in sorted(groups.items()):
             if name in self._down:
@@ -163,9 +188,13 @@ class Auditor:
             self._manifest_vs_ledger(sink, job_id, root, bag, all_rows)
         self._added(sink, job_id, root, bag, all_rows)
         algos = sorted(bag.manifests) if bag else []
+        recorded = self._recorded_retention(job_id, sink.label)
         for row in chosen:
-            self._object(sink, row, root, bag, algos)
+            self._object(sink, row, root, bag, algos, recorded.get(row.path))
             self._done.add(_ident(row))
+            if self.on_progress is not None:
+                self.on_progress("artifact", {"job": job_id, "path": row.key, "ok": True,
+                                              "size": row.size or 0})
 
     def _read(self, sink: Sink, job_id: str, key: str) -> bytes | None:
         try:
@@ -273,11 +302,12 @@ class Auditor:
                            "present under data/ but in neither the manifest nor the ledger")
 
     def _object(self, sink: Sink, row: CopyRow, root: str, bag: _Bag | None,
-                algos: list[str]) -> None:
+                algos: list[str], recorded: dict[str, Any] | None = None) -> None:
         key, job_id = row.key, row.job_id
         where = sink.describe(key)
         try:
-            size, digests = storage.hash_object(sink, key, algos)
+            size, digests = storage.hash_object(sink, key, algos, progress=self.on_progress,
+                                                job=job_id, total=row.size)
         except (ArchiverError, OSError) as exc:
             try:
                 exists = sink.stat(key) is not None
@@ -305,10 +335,142 @@ class Auditor:
                 problems.append(f"{alg} {digests.get(alg)}, {manifest_name(alg)} says {listed}")
         if problems:
             self._find("altered", sink, job_id, where, "; ".join(problems))
-        self.ledger.record_fixity(job_id, row.path, sink.label, not problems,
-                                  "altered" if problems else "ok",
-                                  {"key": key, "size": size, "sha256": digests["sha256"],
-                                   "expected_sha256": expected})
+        short, current = self._retention(sink, row, where, recorded)
+        data = {"key": key, "size": size, "sha256": digests["sha256"],
+                "expected_sha256": expected}
+        if current is not None:
+            data["retention"] = current
+        self.ledger.record_fixity(job_id, row.path, sink.label, not problems and not short,
+                                  "altered" if problems else "retention" if short else "ok",
+                                  data)
+
+    # ------------------------------------------------------------------ retention
+    def _recorded_retention(self, job_id: str, sink: str) -> dict[str, dict[str, Any]]:
+        """Per path, the retention the sink confirmed when it stored the copy (the last
+        ``retention`` audit record of that path in that sink)."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.ledger.audit_rows(job_id):
+            try:
+                record = json.loads(row.line)
+            except ValueError:
+                continue  # ``archiver audit verify`` reports broken records
+            if record.get("kind") == "retention" and record.get("sink") == sink \
+                    and isinstance(record.get("data"), dict):
+                out[record.get("path")] = recorded_retention(record["data"])
+        return out
+
+    def _retention(self, sink: Sink, row: CopyRow, where: str,
+                   recorded: dict[str, Any] | None) -> tuple[list[str], dict | None]:
+        """Check the retention in force for one copy: (problems, what the store holds)."""
+        wanted, basis = (recorded, "recorded when it was stored") if recorded else \
+            (configured_retention(sink.retention(row.key), row.stored_at),
+             "configured, counted from when it was stored")
+        if not wanted or not (wanted.get("retain_until") or any(wanted.get(h)
+                                                                 for h in HOLDS)):
+            return [], None
+        try:
+            current = sink.retention_in_force(row.key)
+        except (ArchiverError, OSError) as exc:
+            self.report.findings.append(Finding(
+                "unchecked", sink.label, row.job_id, where,
+                f"retention not checked: it could not be read back: {str(exc)[:200]}"))
+            return [], None
+        if current is None:
+            note = (f"sink {sink.label} cannot read retention back: whether its objects' "
+                    "retention is still in force was not checked")
+            if note not in self.report.notes:
+                self.report.notes.append(note)
+            return [], None
+        problems = retention_shortfall(wanted, current, time.time())
+        if problems:
+            self._find("retention", sink, row.job_id, where,
+                       f"{'; '.join(problems)} (wanted: {describe_retention(wanted)}, "
+                       f"{basis}; the store holds: {describe_retention(current)})")
+        return problems, current
+
+
+def recorded_retention(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``retention`` audit record's facts (``StoredObject.extra`` keys, see
+    ``archiver.ledger.chainrules.RETENTION_KEYS``) in the shape of ``Sink.retention``."""
+    out: dict[str, Any] = {}
+    nested = data.get("retention") if isinstance(data.get("retention"), dict) else {}
+    mode = data.get("object_lock_mode") or nested.get("mode")
+    until = data.get("object_lock_retain_until") or nested.get("retain_until")
+    if mode:
+        out["mode"] = mode
+    if until:
+        out["retain_until"] = until
+    if data.get("object_lock_legal_hold") == "ON":
+        out["legal_hold"] = True
+    for hold in ("temporary_hold", "event_based_hold"):
+        if data.get(hold) is True:
+            out[hold] = True
+    return out
+
+
+def configured_retention(configured: dict[str, Any] | None,
+                         stored_at: float | None) -> dict[str, Any]:
+    """What ``Sink.retention`` (the retention an object written *now* receives) means for
+    a copy stored at ``stored_at``: the same mode and holds, retained that much less long
+    (less :data:`FALLBACK_SLACK`). For a fixed date this is lenient, never too strict."""
+    if not configured:
+        return {}
+    out = {k: v for k, v in configured.items() if k == "mode" or (k in HOLDS and v is True)}
+    until = _when(configured.get("retain_until"))
+    if until is not None:
+        age = max(0.0, time.time() - stored_at) if stored_at else 0.0
+        out["retain_until"] = _iso(until - age - FALLBACK_SLACK)
+    return out
+
+
+def retention_shortfall(wanted: dict[str, Any], current: dict[str, Any],
+                        now: float) -> list[str]:
+    """How ``current`` (``Sink.retention_in_force``) falls short of ``wanted``. A retention
+    whose wanted date has passed has run out as planned and is not checked."""
+    problems = []
+    until = _when(wanted.get("retain_until"))
+    if until is not None and until > now:
+        have = _when(current.get("retain_until"))
+        mode, have_mode = wanted.get("mode"), current.get("mode")
+        if have is None or not have_mode:
+            problems.append("retention missing")
+        else:
+            if have < until - 1:
+                problems.append(f"retention shortened to {_iso(have)}, wanted at least "
+                                f"{_iso(until)}")
+            if mode and have_mode != mode and (
+                    MODE_RANK.get(have_mode, 0) < MODE_RANK.get(mode, 0)
+                    or MODE_RANK.get(mode) is None):
+                problems.append(f"retention mode {have_mode}, wanted {mode}")
+    for hold in HOLDS:
+        if wanted.get(hold) and not current.get(hold):
+            problems.append(f"{hold.replace('_', ' ')} removed")
+    return problems
+
+
+def describe_retention(ret: dict[str, Any]) -> str:
+    parts = []
+    if ret.get("mode") or ret.get("retain_until"):
+        parts.append(f"{ret.get('mode') or 'no mode'} until {ret.get('retain_until') or '-'}")
+    parts += [hold.replace("_", " ") for hold in HOLDS if ret.get(hold)]
+    return ", ".join(parts) or "none"
+
+
+def _when(value: Any) -> float | None:
+    """Seconds since the epoch of an ISO 8601 date (naive: UTC), or None."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
 def _ident(row: CopyRow) -> tuple[str, str, str]:

@@ -51,6 +51,7 @@ class JobFailed(ArchiverError):
 @dataclass
 class ReplicationReport:
     jobs: list[str] = field(default_factory=list)         # complete in the target
+    jobs_copied: list[str] = field(default_factory=list)  # ... of which this run copied to
     copied: int = 0
     skipped: int = 0
     bytes: int = 0
@@ -62,7 +63,9 @@ class ReplicationReport:
         return 3 if self.fatal else (1 if self.problems else 0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"jobs": self.jobs, "copied": self.copied, "skipped": self.skipped,
+        return {"jobs": self.jobs, "jobs_copied": self.jobs_copied,
+                "jobs_already_there": [j for j in self.jobs if j not in self.jobs_copied],
+                "copied": self.copied, "skipped": self.skipped,
                 "bytes": self.bytes, "problems": self.problems, "fatal": self.fatal,
                 "exit_code": self.exit_code}
 
@@ -76,6 +79,11 @@ class _Source:
 
 
 class Replicator:
+    """``on_progress`` (set it before :meth:`run`): progress events as ``archiver run``
+    makes them (``total``, ``bytes``, ``artifact``), for a display."""
+
+    on_progress = None
+
     def __init__(self, ledger, sinks: dict[str, Sink], bagit_settings):
         self.ledger, self.sinks, self.bagit = ledger, sinks, bagit_settings
         self.report = ReplicationReport()
@@ -87,10 +95,18 @@ class Replicator:
         except ArchiverError as exc:
             self.report.fatal = f"sink {dst}: {exc}"
             return self.report
-        for job in self._jobs(src, job_ids):
+        jobs = self._jobs(src, job_ids)
+        if self.on_progress is not None:
+            wanted = {j.id for j in jobs}
+            self.on_progress("total", {"bytes": sum(
+                r.size or 0 for r in self.ledger.copy_rows(sink=src) if r.job_id in wanted)})
+        for job in jobs:
             try:
+                before = self.report.copied
                 self._job(source, target, job)
                 self.report.jobs.append(job.id)
+                if self.report.copied > before:
+                    self.report.jobs_copied.append(job.id)
             except JobFailed as exc:
                 self._problem(job.id, str(exc))
                 self.ledger.event("failed", f"replication from sink {src}: {exc}",
@@ -221,9 +237,15 @@ class Replicator:
                 existing.digests = {**digests, **existing.digests}
                 self._record(job, path, existing, received, source)
             return
+        from ..progress import metered
         with source.open_read(key) as chunks:
-            stored = storage.put_stream(target, self.ledger, key, chunks, job_id=job.id,
-                                        path=path, expect=digests)
+            stored = storage.put_stream(target, self.ledger, key,
+                                        metered(chunks, self.on_progress, job.id, key,
+                                                None), job_id=job.id, path=path,
+                                        expect=digests)
+        if self.on_progress is not None:
+            self.on_progress("artifact", {"job": job.id, "path": key, "ok": True,
+                                          "size": stored.size})
         self.report.copied += 0 if stored.existed else 1
         self.report.bytes += stored.size
         self._record(job, path, stored, received, source)

@@ -31,11 +31,15 @@ def hashers(algorithms: Iterable[str]) -> dict[str, hashlib._Hash]:
     return {a: hashlib.new(a) for a in dict.fromkeys(["sha256", *algorithms])}
 
 
-def hash_object(sink: Sink, key: str, algorithms: Iterable[str] = ()) -> tuple[int, dict[str, str]]:
-    """``(size, digests)`` of the stored bytes, streamed through ``open_read``."""
+def hash_object(sink: Sink, key: str, algorithms: Iterable[str] = (), *,
+                progress=None, job: str = "", total: int | None = None
+                ) -> tuple[int, dict[str, str]]:
+    """``(size, digests)`` of the stored bytes, streamed through ``open_read``;
+    ``progress``: an ``on_progress`` callback for the bytes read (throttled)."""
+    from ..progress import metered
     hs, size = hashers(algorithms), 0
     with sink.open_read(key) as chunks:
-        for chunk in chunks:
+        for chunk in metered(chunks, progress, job, key, total):
             size += len(chunk)
             for h in hs.values():
                 h.update(chunk)

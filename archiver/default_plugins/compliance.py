@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import click
 
-from ..commands import config_option, json_option
+from ..commands import config_option, examples, json_option, show_progress
 from ..hookspecs import hookimpl
 
 
@@ -74,7 +75,10 @@ def _budget(text: str | None) -> int | None:
     return int(value)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "archiver verify                          # every copy in every sink",
+    "archiver verify --sink offsite --sample 5",
+    "archiver verify --bytes 10GiB --json"))
 @config_option
 @click.option("--sink", "sink_names", multiple=True, help="Only this sink (repeatable).")
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
@@ -86,13 +90,18 @@ def _budget(text: str | None) -> int | None:
 def verify(config_file, sink_names, sample, budget, since, as_json) -> None:
     """Re-read stored objects and compare them with the ledger and the bag manifests."""
     from ..compliance.fixity import Auditor
+    from ..progress import Progress
     if sample is not None and budget is not None:
         _usage("give --sample or --bytes, not both")
     limit, start = _budget(budget), _since(since)
     with _opened(config_file) as (_loaded, ledger, sinks):
         _known(sinks, sink_names, "--sink")
-        report = Auditor(ledger, sinks).run(list(sink_names) or None, sample=sample,
-                                            budget=limit, since=start)
+        auditor = Auditor(ledger, sinks)
+        progress = Progress(show_progress(as_json), "verifying")
+        auditor.on_progress = progress.callback
+        with progress:
+            report = auditor.run(list(sink_names) or None, sample=sample, budget=limit,
+                                 since=start)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -100,18 +109,21 @@ def verify(config_file, sink_names, sample, budget, since, as_json) -> None:
             click.echo(str(finding), err=True)
         for note in report.notes:
             click.echo(f"note: {note}", err=True)
+        from ..humanize import size
         verdict = "OK" if not report.findings else f"FAILED: {len(report.findings)} problem(s)"
-        click.echo(f"checked {report.checked} of {report.objects} object(s), {report.bytes} "
-                   f"bytes: {verdict}")
+        click.echo(f"checked {report.checked} of {report.objects} object(s), "
+                   f"{size(report.bytes)}: {verdict}")
     sys.exit(report.exit_code)
 
 
-@click.group("audit")
+@click.group("audit", epilog=examples("archiver audit verify"))
 def audit_group() -> None:
     """The tamper-evident audit log."""
 
 
-@audit_group.command("verify")
+@audit_group.command("verify", epilog=examples(
+    "archiver audit verify",
+    "archiver audit verify --job job_123 --file ./audit.jsonl"))
 @config_option
 @click.option("--job", "job_id", help="Only this job's exported audit logs.")
 @click.option("--file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -138,7 +150,9 @@ def audit_verify(config_file, job_id, files, no_exports, as_json) -> None:
     sys.exit(report.exit_code)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "archiver replicate --from primary --to offsite",
+    "archiver replicate --from primary --to offsite --job job_123 --json"))
 @config_option
 @click.option("--from", "src", required=True, help="Sink to copy from.")
 @click.option("--to", "dst", required=True, help="Sink to copy to.")
@@ -147,19 +161,28 @@ def audit_verify(config_file, job_id, files, no_exports, as_json) -> None:
 def replicate(config_file, src, dst, job_ids, as_json) -> None:
     """Copy archived jobs (payload and bag) from one sink to another, without the API."""
     from ..compliance.replicate import Replicator
+    from ..humanize import duration, size
+    from ..progress import Progress
     if src == dst:
         _usage("--from and --to name the same sink")
+    started = time.monotonic()
     with _opened(config_file) as (loaded, ledger, sinks):
         _known(sinks, [src], "--from")
         _known(sinks, [dst], "--to")
-        report = Replicator(ledger, sinks, loaded.settings.bagit).run(src, dst,
-                                                                       list(job_ids) or None)
+        replicator = Replicator(ledger, sinks, loaded.settings.bagit)
+        progress = Progress(show_progress(as_json), "replicating")
+        replicator.on_progress = progress.callback
+        with progress:
+            report = replicator.run(src, dst, list(job_ids) or None)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        click.echo(f"replicated {len(report.jobs)} job(s) from {src} to {dst}: "
-                   f"{report.copied} object(s) copied ({report.bytes} bytes), "
-                   f"{report.skipped} already there")
+        copied_to = len(report.jobs_copied)
+        click.echo(f"{src} -> {dst}: {len(report.jobs)} job(s) complete in {dst} "
+                   f"({copied_to} copied now, {len(report.jobs) - copied_to} already "
+                   f"there); {report.copied} object(s) copied ({size(report.bytes)}), "
+                   f"{report.skipped} already there, in "
+                   f"{duration(time.monotonic() - started)}")
         for job_id, problems in sorted(report.problems.items()):
             for problem in problems:
                 click.echo(f"FAILED {job_id}: {problem}", err=True)

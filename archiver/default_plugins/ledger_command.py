@@ -22,11 +22,8 @@ from datetime import datetime, timezone
 
 import click
 
+from ..commands import config_option, examples, json_option
 from ..hookspecs import hookimpl
-
-config_option = click.option("-c", "--config", "config_file", required=True,
-                             type=click.Path(dir_okay=False), help="The YAML file.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 def _fail(message: str) -> None:
@@ -87,11 +84,12 @@ def _schema_line(info: dict) -> str:
 
 @hookimpl
 def archiver_register_commands(cli) -> None:
-    @cli.group()
+    @cli.group(epilog=examples("archiver ledger status", "archiver ledger migrate --dry-run"))
     def ledger() -> None:
         """The ledger: schema version, migrations, workers."""
 
-    @ledger.command()
+    @ledger.command(epilog=examples("archiver ledger status",
+                                    "archiver ledger status --json | jq .workers"))
     @config_option
     @json_option
     def status(config_file: str, as_json: bool) -> None:
@@ -117,7 +115,8 @@ def archiver_register_commands(cli) -> None:
             click.echo(f"worker {w['worker_id']} (host {w['host']}, pid {w['pid']}): "
                        f"{_ago(w['heartbeat_at'], now)}; holds {held}")
 
-    @ledger.command()
+    @ledger.command(epilog=examples("archiver ledger migrate --dry-run",
+                                    "archiver ledger migrate"))
     @config_option
     @json_option
     @click.option("--dry-run", is_flag=True, help="List the pending migrations, apply none.")

@@ -6,8 +6,16 @@ meanwhile), so readers see either nothing or the whole object, and two writers o
 key can never overwrite each other.
 
 Temporary files are named ``.<basename>.%%<16 hex>.partial``. ``%%`` never occurs in a
-key produced by :mod:`archiver.keys` (every ``%`` it emits starts an escape), so cleanup
-can never mistake an archived artifact called ``.x.partial`` for a leftover.
+key produced by :mod:`archiver.keys` (stored names hold no ``%``; bag roots only ``%XX``
+escapes), and keys with such a segment are refused, so cleanup can never mistake an
+archived artifact called ``.x.partial`` for a leftover.
+
+Crash leftovers are known by construction: a writer's temporary path is fixed when it
+is opened, but the file (and any missing directory) is created only by its first write
+or its commit, after the core recorded the path in the ledger as the writer's pending
+token. A temporary file is forgotten by the ledger only once it is gone: an abort that
+cannot remove it (a directory made read-only or immutable) raises, the token stays, and
+the next run's recovery of dead writers removes the file with :meth:`LocalSink.discard`.
 """
 
 from __future__ import annotations
@@ -97,6 +105,42 @@ def _makedirs(path: str) -> list[str]:
             if not os.path.isdir(directory):
                 raise
     return created
+
+
+def _probe(directory: str) -> None:
+    """Create and remove a file in ``directory``: an unnamed one (``O_TMPFILE``) where the
+    filesystem can, so that a crash leaves nothing behind; else a named temporary file."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            os.close(os.open(directory, os.O_WRONLY | tmpfile, 0o600))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
+                raise
+    probe = os.path.join(directory, _temp_name("preflight"))
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.unlink(probe)
+
+
+def _not_a_directory(path: str) -> str | None:
+    """The closest existing ancestor of ``path`` (itself included) if it is not a
+    directory, so a writer can fail at once without creating anything."""
+    while True:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+            continue
+        except NotADirectoryError:
+            path = os.path.dirname(path)
+            continue
+        except OSError:
+            return None  # the writer's first write reports it
+        return None if stat.S_ISDIR(st.st_mode) else path
 
 
 def _sha256_file(path: str) -> tuple[int, str]:
@@ -231,9 +275,7 @@ class LocalSink(Sink):
     def preflight(self) -> None:
         try:
             _makedirs(self.root)
-            probe = os.path.join(self.root, _temp_name("preflight"))
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.unlink(probe)
+            _probe(self.root)
         except OSError as exc:
             raise SinkError(f"sink {self.label!r}: root {self.root} is not a writable "
                             f"directory: {exc.strerror or exc}") from exc
@@ -295,20 +337,40 @@ class LocalSink(Sink):
 
 
 class _LocalWriter(Writer):
-    """Writes into ``pending`` (a temporary file beside the target) until commit."""
+    """Writes into ``pending`` (a temporary file beside the target) until commit.
+
+    ``pending`` is known as soon as the writer exists, but neither the file nor its
+    directories are created before the first :meth:`write` (or :meth:`commit`): the core
+    records the token first (:class:`archiver.tracked.TrackedWriter`), so nothing can
+    exist at the sink that the ledger does not know about. :meth:`abort` succeeds only
+    once the temporary file is gone; while it cannot be removed, it raises and the
+    recorded token stays for :meth:`LocalSink.discard`.
+    """
 
     def __init__(self, sink: LocalSink, key: str, path: str):
         self._sink, self.key, self._path = sink, key, path
         self._fd: int | None = None
+        self._made = False  # the temporary file exists (as far as this writer knows)
+        self._created: list[str] = []
         self._state = "open"
         self.size = 0
         directory, base = os.path.split(path)
+        self.pending = os.path.join(directory, _temp_name(base))
+        blocker = _not_a_directory(directory)
+        if blocker is not None:
+            raise sink._error("create", key, OSError(errno.ENOTDIR, "Not a directory",
+                                                     blocker))
+
+    def _open(self) -> None:
+        """Create the directories and the temporary file, on first use."""
+        if self._fd is not None or self._made:
+            return
         try:
-            self._created = _makedirs(directory)
-            self.pending = os.path.join(directory, _temp_name(base))
+            self._created = _makedirs(os.path.dirname(self.pending))
             self._fd = os.open(self.pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            self._made = True
         except OSError as exc:
-            raise sink._error("create", key, exc) from exc
+            raise self._fail(exc, "create") from exc
 
     def __del__(self):
         # Dropped without commit or abort: free the descriptor but keep the file, which
@@ -324,29 +386,36 @@ class _LocalWriter(Writer):
                          f"the writer is already {self._state}")
 
     def _drop(self) -> None:
-        """Close and remove the temporary file (errors here must not hide the cause)."""
+        """Close and remove the temporary file; OSError when it cannot be removed (the
+        file, and so the pending token, stay)."""
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
             self._fd = None
-        try:
-            os.unlink(self.pending)
-        except FileNotFoundError:
-            pass
+        if self._made:
+            try:
+                os.unlink(self.pending)
+            except FileNotFoundError:
+                pass
+            self._made = False
 
-    def _fail(self, exc: OSError, action: str) -> SinkError:
-        self._state = "failed"
+    def _quietly_drop(self) -> None:
         try:
             self._drop()
         except OSError:
-            pass  # the pending token stays recorded; discard() retries later
+            pass  # abort() tries again; until it succeeds the pending token stays recorded
+
+    def _fail(self, exc: OSError, action: str) -> SinkError:
+        self._state = "failed"
+        self._quietly_drop()
         return self._sink._error(action, self.key, exc)
 
     def write(self, chunk: bytes) -> None:
         if self._state != "open":
             raise self._refuse("write to")
+        self._open()
         view = memoryview(chunk).cast("B")
         try:
             while view:
@@ -361,9 +430,10 @@ class _LocalWriter(Writer):
         sha256 = (digests or {}).get("sha256")
         if not sha256:
             self._state = "failed"
-            self._drop()
+            self._quietly_drop()
             raise SinkError(f"sink {self._sink.label!r}: cannot commit key {self.key!r} "
                             "without a sha256 digest")
+        self._open()
         config = self._sink.config
         try:
             if config.fsync:
@@ -380,7 +450,7 @@ class _LocalWriter(Writer):
                     _fsync_dir(os.path.dirname(created))
         except ConflictError:
             self._state = "failed"
-            self._drop()
+            self._quietly_drop()
             raise
         except OSError as exc:
             raise self._fail(exc, "commit") from exc
@@ -395,7 +465,7 @@ class _LocalWriter(Writer):
             os.link(self.pending, self._path)
         except FileExistsError:
             size = self._sink._check_same(self._path, self.key, sha256)
-            os.unlink(self.pending)
+            self._unlink_temp()
             return True, size
         except OSError as exc:
             if exc.errno not in _NO_HARD_LINKS:
@@ -404,17 +474,26 @@ class _LocalWriter(Writer):
             # first; a writer racing between check and rename may still be replaced.
             if os.path.lexists(self._path):
                 size = self._sink._check_same(self._path, self.key, sha256)
-                os.unlink(self.pending)
+                self._unlink_temp()
                 return True, size
             os.rename(self.pending, self._path)
+            self._made = False
             return False, self.size
-        os.unlink(self.pending)
+        self._unlink_temp()
         return False, self.size
 
+    def _unlink_temp(self) -> None:
+        os.unlink(self.pending)
+        self._made = False
+
     def abort(self) -> None:
-        if self._state != "open":
-            return  # idempotent; never removes a committed object
-        self._state = "aborted"
+        """Remove the temporary file; idempotent, also after a failed write or commit
+        (whose own clean-up may have failed: it is tried again here). Raises SinkError
+        while the file cannot be removed, so the caller keeps its pending record."""
+        if self._state == "committed":
+            return  # never removes a committed object
+        if self._state == "open":
+            self._state = "aborted"
         try:
             self._drop()
         except OSError as exc:

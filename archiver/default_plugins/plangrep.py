@@ -43,7 +43,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..components import ComponentConfig, Download, Source
-from ..errors import SourceError
+from ..errors import AuthError, SourceError
 from ..hookspecs import hookimpl
 from ..model import Artifact, Job
 from ..retry import RetryPolicy
@@ -220,6 +220,38 @@ class PlangrepSource(Source):
                 if job.id not in seen:
                     seen.add(job.id)
                     yield job
+
+    def preflight(self) -> str:
+        """``GET /projects`` once (no retry): the key, the host and the base URL."""
+        url = self.base_url + "/projects"
+        try:
+            resp = self._send(url, f"GET {url}")
+        except AuthError as exc:
+            raise AuthError(f"the API key was refused: {exc}", status=exc.status) from None
+        except SourceError as exc:
+            if exc.status is None:
+                raise SourceError(f"cannot reach the API: {exc}") from None
+            raise SourceError(f"{exc}; is source.base_url right? It is the API's root, "
+                              "ending in /api/open/v1", status=exc.status) from None
+        try:
+            body = resp.content
+        finally:
+            resp.close()
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            data = None
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if not isinstance(projects, list):
+            raise SourceError(f"GET {url} answered, but not as the Plangrep Open API does "
+                              "(no 'projects' list): is source.base_url right? It is the "
+                              "API's root, ending in /api/open/v1")
+        visible = {p.get("id") for p in projects if isinstance(p, dict)}
+        missing = [p for p in (self.config.projects or ()) if p not in visible]
+        found = f"API key accepted at {self.base_url}; {len(projects)} project(s) visible"
+        if missing:
+            found += f" (configured but not listed: {', '.join(missing)})"
+        return found
 
     def get_job(self, job_id: str) -> Job:
         what = f"job {job_id}"

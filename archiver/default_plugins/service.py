@@ -10,11 +10,12 @@ preflight, or the HTTP address could not be bound.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
-from ..commands import config_option
+from ..commands import config_option, examples, log_format, quiet, warn
 from ..hookspecs import hookimpl
 
 
@@ -52,12 +53,11 @@ def _serve(rt, loaded, config_file: str, serve: bool, poll_interval: float | Non
             return 2
         d = s.secrets.per_job_dir
         if d is not None and not d.is_dir():
-            click.echo(f"warning: serve.secrets.per_job_dir {d} is not a directory (yet): "
-                       "deliveries relying on per-job secrets are refused until it exists",
-                       err=True)
+            warn(f"serve.secrets.per_job_dir {d} is not a directory (yet): deliveries "
+                 "relying on per-job secrets are refused until it exists")
         if s.insecure_accept_unsigned:
-            click.echo("warning: serve.insecure_accept_unsigned is true: webhook deliveries "
-                       "are NOT verified", err=True)
+            warn("serve.insecure_accept_unsigned is true: webhook deliveries are NOT "
+                 "verified")
     n = workers if workers is not None else loaded.settings.workers
     service = Service(rt, serve=serve, poll_interval=poll_interval, workers=n,
                       config_file=config_file)
@@ -65,8 +65,11 @@ def _serve(rt, loaded, config_file: str, serve: bool, poll_interval: float | Non
     def started(svc: Service) -> None:
         what = f"serving webhooks on {svc.url}{svc.serve_settings.path}" if serve else "watching"
         with_workers = f", {n} worker processes" if n > 1 else ""
-        click.echo(f"archiver: {what}; polling every {svc.watcher.interval:g}s{with_workers}",
-                   err=True)
+        line = f"{what}; polling every {svc.watcher.interval:g}s{with_workers}"
+        if log_format() == "json":  # one JSON object per line on stderr, nothing else
+            logging.getLogger("archiver.service").info(line, extra={"event": "started"})
+        elif not quiet():
+            click.echo(f"archiver: {line}", err=True)
 
     try:
         return service.run(on_started=started)
@@ -85,7 +88,9 @@ _test_poll = click.option("--test-poll-interval", type=float, default=None, hidd
 
 @hookimpl
 def archiver_register_commands(cli) -> None:
-    @cli.command()
+    @cli.command(epilog=examples(
+        "archiver watch                          # logs a line per poll and per job",
+        "archiver watch --workers 4 --log-format json"))
     @config_option
     @_test_poll
     @_workers
@@ -94,7 +99,9 @@ def archiver_register_commands(cli) -> None:
         """Archive continuously: poll every watch.poll_interval, soonest expiry first."""
         sys.exit(_start(config_file, False, test_poll_interval, workers))
 
-    @cli.command()
+    @cli.command(epilog=examples(
+        "archiver serve                          # webhooks, /healthz, /metrics",
+        "archiver serve -c prod.yaml --log-format json"))
     @config_option
     @_test_poll
     @_workers

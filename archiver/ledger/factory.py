@@ -4,9 +4,11 @@ The ``ledger:`` section of the configuration (``Settings.ledger.url``) picks the
 URL scheme; without it the ledger is SQLite at ``state_dir/ledger.sqlite``, as it always
 was. ``sqlite:///relative/path`` (relative to the working directory, like ``state_dir``)
 and ``sqlite:////absolute/path`` select another SQLite file. Other backends come from
-plugins: :data:`SCHEMES` maps a scheme to an opener, and a plugin that provides one
-registers it with :func:`register_scheme` (``postgresql://`` until the archiver-postgres
-plugin does: a clear error saying so).
+plugins: :data:`SCHEMES` maps a scheme to an opener. A plugin provides one through the
+``archiver_register_ledgers`` hook, which :func:`archiver.plugins.build_plugin_manager`
+calls (:func:`use_plugin_schemes`: the plugin manager built last decides which plugin
+schemes are known); :func:`register_scheme` adds one by hand. ``postgresql://`` without
+the archiver-postgres plugin is a clear error saying so (:data:`HINTS`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,25 @@ HINTS = {
 HINTS["postgres"] = HINTS["postgresql"]
 
 
+#: Schemes in SCHEMES that came from plugins (``archiver_register_ledgers``): scheme -> plugin.
+PLUGIN_SCHEMES: dict[str, str] = {}
+
+
 def register_scheme(scheme: str, opener: Opener) -> None:
     """Make ``scheme://...`` ledger URLs open through ``opener``."""
     SCHEMES[scheme.lower()] = opener
+
+
+def use_plugin_schemes(openers: dict[str, tuple[Opener, str]]) -> None:
+    """The schemes plugins registered (``scheme -> (opener, plugin name)``) replace those of
+    the plugin manager built before, so a plugin disabled since is forgotten; built-in
+    schemes and those added with :func:`register_scheme` stay."""
+    for scheme in PLUGIN_SCHEMES:
+        SCHEMES.pop(scheme, None)
+    PLUGIN_SCHEMES.clear()
+    for scheme, (opener, plugin) in openers.items():
+        SCHEMES[scheme.lower()] = opener
+        PLUGIN_SCHEMES[scheme.lower()] = plugin
 
 
 def sqlite_path(url: str) -> Path:
@@ -77,7 +95,7 @@ def ledger_url(settings: Any) -> str | None:
 
 
 def open_ledger(settings_or_state_dir: Any, *, create: bool = True,
-                read_only: bool = False) -> Ledger:
+                read_only: bool = False, migrate: bool = False) -> Ledger:
     """The configured ledger.
 
     ``settings_or_state_dir`` is an :class:`archiver.config.Settings` (its ``ledger:``
@@ -87,7 +105,10 @@ def open_ledger(settings_or_state_dir: Any, *, create: bool = True,
     not conjure up an empty ledger in a mistyped directory). ``read_only=True`` gives the
     dry-run ledger: nothing is created, migrated or written (write methods raise), a
     missing SQLite file reads as empty. A ledger of a newer schema raises
-    :class:`~archiver.errors.LedgerSchemaError` without being touched.
+    :class:`~archiver.errors.LedgerSchemaError` without being touched. ``migrate=True``
+    (``archiver ledger migrate``) applies pending migrations first: SQLite does on every
+    open for writing anyway; a backend that never migrates implicitly (PostgreSQL) does
+    only then, and is handed ``migrate=True`` (other openers never see the keyword).
     """
     if isinstance(settings_or_state_dir, (str, os.PathLike)):
         url, state_dir, settings = None, Path(settings_or_state_dir), None
@@ -103,4 +124,5 @@ def open_ledger(settings_or_state_dir: Any, *, create: bool = True,
             raise LedgerError(HINTS[scheme])
         what = f"unknown scheme {scheme!r}" if scheme else "not a URL (scheme://...)"
         raise LedgerError(f"ledger.url: {what} (known: {', '.join(sorted(SCHEMES))})")
-    return opener(url, settings=settings, create=create, read_only=read_only)
+    extra = {"migrate": True} if migrate and not read_only else {}
+    return opener(url, settings=settings, create=create, read_only=read_only, **extra)

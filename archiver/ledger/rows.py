@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,11 +63,6 @@ class PendingRow:
     host: str | None = None
     pid: int | None = None
     owner_heartbeat: float | None = None
-
-    # transition: pipeline.recover() unpacks ``for pending_id, sink, token, _started in
-    # ledger.list_pending()`` as with the old tuples; remove once it reads attributes.
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.id, self.sink, self.token, self.started))
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,8 +98,12 @@ class Service:
             log.warning("job %s is incomplete; retried after its backoff: %s",
                         outcome.job_id, "; ".join(outcome.problems)[:500])
         elif outcome.state == "archived":
-            log.info("job %s archived by a worker: %d objects written, %d bytes received",
-                     outcome.job_id, outcome.objects_written, outcome.bytes_received)
+            from ..humanize import size
+            log.info("job %s archived by a worker: %d objects written, %s received",
+                     outcome.job_id, outcome.objects_written, size(outcome.bytes_received),
+                     extra={"event": "archived", "job_id": outcome.job_id,
+                            "objects": outcome.objects, "bytes": outcome.bytes_received,
+                            "sinks": [b.label for b in self.rt.loaded.sinks]})
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Service:
@@ -182,7 +186,8 @@ class Service:
             self.executor.__exit__(None, None, None)
         if self.pool is not None:
             self.pool.close(self.watch_settings.grace_period)
-        log.info("stopped (exit code %d)", self.watcher.exit_code)
+        log.info("stopped (exit code %d)", self.watcher.exit_code,
+                 extra={"event": "stopped", "exit_code": self.watcher.exit_code})
         return self.watcher.exit_code
 
     def health(self) -> tuple[bool, dict]:

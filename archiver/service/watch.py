@@ -219,6 +219,9 @@ class Watcher:
         self.polls += 1
         self.metrics.poll(True)
         self.last_poll_ok = time.time()
+        log.info("poll %d: %d job(s) listed, %d to look at", self.polls, len(listed),
+                 len(work), extra={"event": "poll", "listed": len(listed),
+                                   "to_archive": len(work)})
         self._warn_expiring()
         return report
 

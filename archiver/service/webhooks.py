@@ -303,7 +303,9 @@ class WebhookReceiver:
         # backpressure is not bad input: the sender retries, so keep it out of warnings
         level = logging.INFO if reason in _BACKPRESSURE else logging.WARNING
         log.log(level, "webhook delivery rejected (%s, HTTP %d)%s", reason, status,
-                f": {detail}" if detail else "")
+                f": {detail}" if detail else "",
+                extra={"event": "webhook", "verdict": "rejected", "reason": reason,
+                       "status": status})
         self.on_verdict(verdict)
         return verdict
 
@@ -387,7 +389,8 @@ class WebhookReceiver:
             if msg_id:
                 self.seen.add(msg_id)
         verdict = Verdict(202, "accepted", "", job_id)
-        log.debug("webhook delivery %r accepted: job %s queued for a re-read", msg_id, job_id)
+        log.info("webhook delivery %r accepted: job %s queued for a re-read", msg_id, job_id,
+                 extra={"event": "webhook", "verdict": "accepted", "job_id": job_id})
         self.on_verdict(verdict)
         return verdict
 

@@ -63,6 +63,13 @@ def load_demo(emu: Emulator) -> list[dict]:
             continue
         except KeyError:
             pass
+        if status == "expired":
+            # never finished before it expired: nothing to store (a job that had completed
+            # and expired unseen would be lost, see archiver.triage)
+            emu.add_job(project, status="processing", job_id=job_id, artifacts=artifacts,
+                        created_at=now - age, external_id=f"demo-{n + 1:02d}")
+            jobs.append(emu.expire(job_id))
+            continue
         jobs.append(emu.add_job(project, status=status, job_id=job_id, artifacts=artifacts,
                                 created_at=now - age, external_id=f"demo-{n + 1:02d}"))
     return jobs

@@ -35,6 +35,7 @@ def test_dry_run_lists_keys_and_retention_and_writes_nothing(emu, tmp_path, clou
     objects = {(o["kind"], o["path"]): o["sinks"] for o in entry["objects"]}
     assert ("artifact", "sheets/a b.png") in objects and ("job", "job.json") in objects
     assert ("bag", "tagmanifest-sha256.txt") in objects
+    assert ("bag", "archiver-names.json") in objects  # every tag file the writer writes
     art = objects[("artifact", "sheets/a b.png")]
     key = f"proj_c/{job['id']}/data/artifacts/sheets/a b.png"
     assert art["primary"]["key"] == key and art["primary"]["retention"] is None

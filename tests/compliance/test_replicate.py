@@ -47,7 +47,7 @@ def test_fills_an_empty_gcs_sink_from_s3_with_the_api_gone(emu, tmp_path, clouds
 
     verify = arc.cli("verify", "--sink", "replica", "--json", config=both, key=False)
     assert verify.exit_code == 0, verify.stdout + verify.stderr
-    assert json.loads(verify.stdout)["checked"] == len(source) - 2 * 5  # payload, not tags
+    assert json.loads(verify.stdout)["checked"] == len(source) - 2 * 6  # payload, not tags
 
     generations = {b.name: b.generation for b in gcs.list_blobs(gcs_bucket)}
     again = arc.cli("replicate", "--from", "vault", "--to", "replica", "--json", config=both,

@@ -237,6 +237,8 @@ def test_cleanup_respects_age_and_prefix_and_spares_data(tmp_path):
     for key in ("p/.x.partial", "p/x.partial", "q/.y.abcdef0123456789.partial"):
         store(sink, key, b"archived data, not a leftover")
     old_p, old_q, fresh = (sink.open_writer(k) for k in ("p/a", "q/b", "p/c"))
+    for writer in (old_p, old_q, fresh):
+        writer.write(b"partial")  # the temporary file exists from the first write on
     past = time.time() - 7200
     for writer in (old_p, old_q):
         os.utime(writer.pending, (past, past))
@@ -302,3 +304,155 @@ def test_disk_full_becomes_sink_error_and_removes_temp(tmp_path):
     writer.abort()
     with pytest.raises(SinkError):
         writer.commit(sha256_digests(b""))
+
+
+# --------------------------------------------------------------------------- leftovers known
+# by construction: the pending token is recorded before anything exists at the sink
+
+def test_nothing_exists_at_the_sink_before_the_first_write(tmp_path):
+    sink = make(tmp_path / "root")
+    sink.preflight()
+    writer = sink.open_writer("p/j/data/new/dir/x.bin")
+    assert writer.pending.endswith(".partial") and "/new/dir/." in writer.pending
+    assert files_under(tmp_path / "root") == [] and not (tmp_path / "root" / "p").exists()
+    writer.abort()  # nothing to remove
+    empty = sink.open_writer("p/empty")
+    assert not os.path.exists(empty.pending)
+    assert empty.commit(sha256_digests(b"")).size == 0  # an empty object is still stored
+    assert files_under(tmp_path / "root") == ["p/empty"]
+
+
+def _chattr(flag: str, path) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """``make(path)``: make a directory immutable (chattr +i: even root cannot create or
+    remove a file in it), undone at teardown."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not _chattr("+i", probe):
+        pytest.skip("chattr +i is not available here")
+    _chattr("-i", probe)
+    made = []
+
+    def make_immutable(path):
+        assert _chattr("+i", path)
+        made.append(path)
+
+    yield make_immutable
+    for path in made:
+        _chattr("-i", path)
+
+
+def test_abort_succeeds_only_once_the_temporary_file_is_gone(tmp_path, immutable):
+    sink = make(tmp_path / "root")
+    writer = sink.open_writer("d/obj")
+    writer.write(b"x" * 100_000)
+    immutable(tmp_path / "root" / "d")  # link, rename and unlink all fail now
+    with pytest.raises(SinkError, match="cannot commit"):
+        writer.commit(sha256_digests(b"x" * 100_000))
+    with pytest.raises(SinkError, match="cannot remove temporary file"):
+        writer.abort()  # the leftover is still there: the caller keeps its pending record
+    assert os.path.getsize(writer.pending) == 100_000
+    _chattr("-i", tmp_path / "root" / "d")
+    writer.abort()
+    writer.abort()
+    assert files_under(tmp_path / "root") == []
+
+
+RUN = textwrap.dedent("""\
+    import os, signal, subprocess, sys
+    from archiver.default_plugins import local
+    mode, config = sys.argv[1], sys.argv[2]
+    if mode == "kill-after-create":
+        # SIGKILL right after a writer's temporary file is created
+        real_open = os.open
+        def killing_open(path, flags, *args, **kw):
+            fd = real_open(path, flags, *args, **kw)
+            if (isinstance(path, str) and path.endswith(".partial") and flags & os.O_CREAT
+                    and ".preflight." not in path):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fd
+        os.open = killing_open
+    elif mode == "immutable-on-commit":
+        # the directory of imm/a.json turns immutable between its last write and commit
+        real_commit = local._LocalWriter.commit
+        def commit(self, digests):
+            if self.key.endswith("/imm/a.json"):
+                subprocess.run(["chattr", "+i", os.path.dirname(self.pending)], check=True)
+            return real_commit(self, digests)
+        local._LocalWriter.commit = commit
+    from archiver.cli import cli
+    cli(["run", "-c", config])
+    """)
+
+
+def _run(mode: str, config, key: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RUN, mode, str(config)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PLANGREP_API_KEY": key})
+
+
+def _setup(emu, tmp_path):
+    from archiver.testing.configs import basic_config
+    from archiver.testing.emulator import ArtifactSpec
+    emu.add_project(project_id="proj_t", name="T")
+    job = emu.add_job("proj_t", artifacts=[ArtifactSpec("imm/a.json", 150_000),
+                                           ArtifactSpec("b.json", 100)])
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(basic_config(emu, tmp_path))
+    return job, cfg
+
+
+def _pending(tmp_path) -> list:
+    from archiver.ledger import open_ledger
+    ledger = open_ledger(tmp_path / "state")
+    try:
+        return ledger.list_pending()
+    finally:
+        ledger.close()
+
+
+def _run_here(cfg, key: str):
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+    return CliRunner().invoke(cli, ["run", "-c", str(cfg)], env={"PLANGREP_API_KEY": key})
+
+
+def test_sigkill_after_the_temp_file_is_created_leaves_nothing_unrecorded(emu, tmp_path):
+    job, cfg = _setup(emu, tmp_path)
+    first = _run("kill-after-create", cfg, emu.api_key)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    left = partials(tmp_path / "archive")
+    assert len(left) == 1
+    # the file the dead run created is exactly a token the ledger had recorded before
+    assert [str(tmp_path / "archive" / left[0])] == [r.token for r in _pending(tmp_path)]
+    second = _run_here(cfg, emu.api_key)  # its recovery discards the dead run's writers
+    assert second.exit_code == 0, second.output
+    assert partials(tmp_path / "archive") == [] and _pending(tmp_path) == []
+    assert (tmp_path / "archive" / "proj_t" / job["id"] / "data" / "job.json").is_file()
+
+
+def test_a_leftover_that_cannot_be_removed_stays_recorded_until_it_is(emu, tmp_path,
+                                                                       immutable):
+    job, cfg = _setup(emu, tmp_path)
+    first = _run("immutable-on-commit", cfg, emu.api_key)
+    imm = tmp_path / "archive" / "proj_t" / job["id"] / "data" / "artifacts" / "imm"
+    try:
+        assert first.returncode == 1, first.stderr  # the job is incomplete
+        left = [p for p in imm.iterdir() if p.name.endswith(".partial")]
+        assert len(left) == 1 and left[0].stat().st_size == 150_000
+        rows = _pending(tmp_path)
+        assert [r.token for r in rows] == [str(left[0])]  # not forgotten: still recorded
+    finally:
+        _chattr("-i", imm)
+    second = _run_here(cfg, emu.api_key)  # the writer's process is dead: discarded now
+    assert second.exit_code == 0, second.output
+    assert partials(tmp_path / "archive") == [] and _pending(tmp_path) == []
+    assert (imm / "a.json").stat().st_size == 150_000

@@ -85,7 +85,8 @@ def test_a_version_1_ledger_upgrades_and_keeps_every_record(v1):
     con.close()
     pending = ledger.list_pending()
     assert [p.owner for p in pending] == [None, None]
-    assert [tuple(p) for p in pending] == [r[:3] + (r[5],) for r in before["pending"]]
+    assert [(p.id, p.sink, p.token, p.started) for p in pending] == [
+        r[:3] + (r[5],) for r in before["pending"]]
     # old copies read as typed rows
     (copy,) = [c for c in ledger.copy_rows(job_id="job_i1")]
     assert copy.location == "/x/job.json" and copy.project_id == "proj_f"

@@ -175,8 +175,12 @@ def gets_of(emu, name: str) -> int:
     return sum(n for (_, path), n in artifact_gets(emu).items() if path == name)
 
 
-def partial_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if TEMP.search(p.name)] if root.exists() else []
+def partial_files(root: Path, name: str | None = None) -> list[Path]:
+    """Temporary files below ``root`` (only those of objects called ``name``)."""
+    if not root.exists():
+        return []
+    return [p for p in root.rglob("*") if TEMP.search(p.name)
+            and (name is None or p.name.startswith(f".{name}.%%"))]
 
 
 def stored_files(root: Path, name: str) -> list[Path]:

@@ -28,6 +28,15 @@ SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",
 _UPLOAD_ID = re.compile(r"(upload_id=)[^&\s'\"]+")
 
 
+class RetryableSinkError(SinkError):
+    """A failure another attempt may not meet: GCS's reply lacked a field it always
+    sends (cut short by the network). ``retryable`` is True; the core counts the copy as
+    failed, so the job stays incomplete and the next run tries again (an object already
+    stored is then found and compared, not sent again)."""
+
+    retryable = True
+
+
 def storage_module():
     """``google.cloud.storage``, or a SinkError with the install hint."""
     try:

@@ -96,6 +96,11 @@ class GCSSink(Sink):
             out["event_based_hold"] = True
         return out
 
+    def retention_in_force(self, key: str) -> dict[str, Any]:
+        """Retention and holds GCS holds for ``key`` now, read with one GET: ``mode``,
+        ``retain_until`` and each hold that is on; ``{}`` for none (``archiver verify``)."""
+        return self.gateway.retention_in_force(key)
+
     # ------------------------------------------------------------------ crash recovery
     def was_discarded(self, ident: str) -> bool:
         return ident in self._discarded

@@ -7,18 +7,22 @@ killed at the end (and, where ``setpriv`` exists, by the kernel if pytest itself
 :class:`FaultProxy` is a small reverse proxy in front of it: it records every request
 (so tests can check what the client *sent* where the emulator does not store or enforce
 it) and can answer, drop or corrupt chosen requests (server failures, racing writers).
+With ``keep_holds`` it also stands in for what the emulator lacks: it remembers the
+temporary and event-based holds PATCHed onto each object generation and adds them to
+the object resources the emulator returns (fake-gcs-server drops holds).
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -111,6 +115,42 @@ class FaultProxy(ThreadingHTTPServer):
         self.seen: list[Seen] = []
         self.rule: Callable[[Seen], object] | None = None
         self.lock = threading.Lock()
+        self.keep_holds = False
+        self.holds: dict[tuple[str, str], dict[str, bool]] = {}  # (name, generation) -> holds
+
+    def remember_holds(self, seen: Seen) -> None:
+        """A PATCH of an object: keep the holds it sets, for that generation."""
+        if seen.method != "PATCH" or "/o/" not in seen.path:
+            return
+        name = unquote(seen.path.split("/o/", 1)[1])
+        generation = (seen.query.get("ifGenerationMatch") or seen.query.get("generation")
+                      or [""])[0]
+        try:
+            sent = json.loads(seen.body or b"{}")
+        except ValueError:
+            return
+        holds = {k: v for k, v in sent.items() if k in ("temporaryHold", "eventBasedHold")
+                 and isinstance(v, bool)}
+        with self.lock:
+            self.holds.setdefault((name, generation), {}).update(holds)
+
+    def add_holds(self, payload: bytes) -> bytes:
+        """Object resources in ``payload`` with the holds remembered for them."""
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return payload
+        if not isinstance(doc, dict):
+            return payload
+        changed = False
+        for obj in [doc, *(doc.get("items") or [])]:
+            if isinstance(obj, dict) and "name" in obj and "generation" in obj:
+                with self.lock:
+                    holds = self.holds.get((obj["name"], str(obj["generation"])))
+                if holds:
+                    obj.update(holds)
+                    changed = True
+        return json.dumps(doc).encode() if changed else payload
 
     def requests(self, method: str | None = None) -> list[Seen]:
         with self.lock:
@@ -151,6 +191,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
+            if self.server.keep_holds and resp.status < 300:
+                self.server.remember_holds(seen)
+                payload = self.server.add_holds(payload)
             out = {}
             for k, v in resp.getheaders():
                 if k.lower() in ("content-length", "transfer-encoding", "connection"):

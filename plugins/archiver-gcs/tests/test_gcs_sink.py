@@ -298,6 +298,7 @@ def test_discard_refuses_foreign_urls(make_sink, fault_proxy):
 # --------------------------------------------------------------------------- compliance
 
 def test_retention_holds_storage_class_kms(make_sink, gcs_client, fault_proxy):
+    fault_proxy.keep_holds = True  # fake-gcs-server drops holds; the proxy keeps them
     kms = "projects/p/locations/eu/keyRings/r/cryptoKeys/k"
     sink = make_sink(simple_upload_threshold=MiB, storage_class="nearline", kms_key_name=kms,
                      temporary_hold=True, event_based_hold=True,
@@ -322,7 +323,7 @@ def test_retention_holds_storage_class_kms(make_sink, gcs_client, fault_proxy):
         if upload.query["uploadType"] == ["multipart"]:
             assert blob.storage_class == "NEARLINE"
         assert b"retention" not in upload.body and b"sha256" not in upload.body
-        (patch,) = fault_proxy.requests("PATCH")
+        (patch,) = fault_proxy.requests("PATCH")  # read back: in force, no second PATCH
         assert fault_proxy.seen.index(patch) > fault_proxy.seen.index(upload)
         sent = json.loads(patch.body)
         assert sent["temporaryHold"] is True and sent["eventBasedHold"] is True

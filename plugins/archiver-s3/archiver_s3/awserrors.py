@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from archiver.errors import SinkError
+
 #: HTTP statuses and codes meaning "no such object".
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 PRECONDITION_FAILED = {"412", "PreconditionFailed"}
@@ -61,3 +63,22 @@ def describe(exc: BaseException, needs: str = "") -> str:
         return text
     hint = _HINTS.get(c)
     return f"{c}: {hint}" if hint else f"{c}: {exc}"
+
+
+class RetryableSinkError(SinkError):
+    """A failure that another attempt may not meet: the connection dropped, or S3's reply
+    lacked a field it always sends (a response cut short). ``retryable`` is True; the core
+    counts the copy as failed, so the job stays incomplete and the next run tries again
+    (an object already committed is then found and compared, not sent again)."""
+
+    retryable = True
+
+
+def is_transport(exc: BaseException) -> bool:
+    """Whether ``exc`` is botocore's word for a broken connection or a cut-off reply."""
+    try:
+        from botocore import exceptions as bex
+    except ImportError:  # pragma: no cover - the distribution depends on botocore
+        return False
+    return isinstance(exc, (bex.HTTPClientError, bex.ConnectionError,
+                            bex.IncompleteReadError))

@@ -143,7 +143,8 @@ def abort_uploads(gw: "S3Gateway", bucket: str, prefix: str, *,
     cutoff = None if older_than is None else time.time() - older_than
     removed: list[str] = []
     for upload in gw.open_uploads(bucket, prefix):
-        key, upload_id = upload["Key"], upload["UploadId"]
+        key = gw.field(upload, "Key", "ListMultipartUploads")
+        upload_id = gw.field(upload, "UploadId", "ListMultipartUploads")
         initiated = upload.get("Initiated")
         if (exact and key != prefix) or upload_id in spare:
             continue

@@ -65,7 +65,8 @@ class ObjectLock(BaseModel):
         if self.retain_until is not None:
             return datetime.combine(self.retain_until, time(0), tzinfo=timezone.utc)
         now = now or datetime.now(timezone.utc)
-        return now + timedelta(days=self.retain_days or 0)
+        # Whole seconds: S3 keeps no more, and the read-back after commit compares exactly.
+        return (now + timedelta(days=self.retain_days or 0)).replace(microsecond=0)
 
 
 class S3SinkConfig(ComponentConfig):

@@ -97,6 +97,13 @@ class S3Sink(Sink):
         return {"mode": lock.mode, "retain_until": lock.retain_until_datetime().isoformat(),
                 "legal_hold": lock.legal_hold}
 
+    def retention_in_force(self, key: str) -> dict[str, Any]:
+        """The Object Lock S3 holds for ``key`` now, read with HeadObject: ``mode``,
+        ``retain_until`` and ``legal_hold`` where set, ``{}`` for none (used by
+        ``archiver verify``). S3 shows it only to callers allowed s3:GetObjectRetention
+        and s3:GetObjectLegalHold."""
+        return self.gateway.retention_in_force(key)
+
     # ------------------------------------------------------------------ writing
     def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> S3Writer:
         writer = S3Writer(self, key, self.gateway.full_key(key), header_metadata(metadata))

@@ -34,6 +34,7 @@ from archiver.errors import ArchiverError, SinkError
 from archiver.model import StoredObject
 
 from . import awserrors, checksums
+from .awserrors import RetryableSinkError
 from .config import MAX_PARTS, SHA256_METADATA
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class S3Writer(Writer):
         self._next_part = 1
         self._error: BaseException | None = None
         self._nonce = secrets.token_hex(8)
+        self._lock = None  # the Object Lock the upload asked for (gateway.Lock), if any
         self.stats = {"in_flight": 0, "max_in_flight": 0, "waits": 0, "parts": 0}
 
     def __repr__(self) -> str:
@@ -108,12 +110,16 @@ class S3Writer(Writer):
     def _part_failure(self) -> SinkError:
         exc = self._error
         if isinstance(exc, ArchiverError):
-            return SinkError(f"{self._where()}: {exc}")
-        return SinkError(f"{self._where()}: uploading a part failed: "
-                         f"{awserrors.describe(exc)}")
+            kind = RetryableSinkError if getattr(exc, "retryable", False) else SinkError
+            named = str(exc).startswith(f"sink {self._gw.label!r}: key {self.key!r}")
+            return kind(str(exc) if named else f"{self._where()}: {exc}")
+        return self._sink_error("uploading a part", exc)
 
     def _sink_error(self, action: str, exc: BaseException) -> SinkError:
-        return SinkError(f"{self._where()}: {action} failed: {awserrors.describe(exc)}")
+        if isinstance(exc, SinkError):  # worded by the gateway already
+            return type(exc)(str(exc))
+        kind = RetryableSinkError if awserrors.is_transport(exc) else SinkError
+        return kind(f"{self._where()}: {action} failed: {awserrors.describe(exc)}")
 
     # ------------------------------------------------------------------ writing
     def write(self, chunk: bytes) -> None:
@@ -150,7 +156,8 @@ class S3Writer(Writer):
 
     def _start_multipart(self) -> None:
         try:
-            upload_id = self._gw.start_upload(self.full_key, self._metadata)
+            self._lock = self._gw.wanted_lock()  # counted from the start of the upload
+            upload_id = self._gw.start_upload(self.full_key, self._metadata, self._lock)
         except Exception as exc:
             with self._cond:
                 if self._state == "open":
@@ -282,16 +289,18 @@ class S3Writer(Writer):
     def _put(self, sha256: str, digests: dict[str, str]) -> StoredObject:
         expected = self._running.full_object()
         body, self._buf = self._buf, bytearray()  # handed over whole: no copy
+        self._lock = self._gw.wanted_lock()
         try:
             resp = self._gw.put_new(self.full_key, body,
-                                    {**self._metadata, SHA256_METADATA: sha256}, expected)
+                                    {**self._metadata, SHA256_METADATA: sha256}, expected,
+                                    self._lock)
         except Exception as exc:
             raise self._sink_error("PutObject", exc) from exc
         if resp is None:  # the key is taken: same bytes or a conflict
             return self._gw.match_existing(self.key, sha256, digests)
         log.debug("%s: stored with one PutObject (%d bytes)", self._where(), len(body))
         return self._gw.verify_stored(self.key, resp, digests, expected, "FULL_OBJECT",
-                                      self.size)
+                                      self.size, self._lock)
 
     def _complete(self, sha256: str, digests: dict[str, str]) -> StoredObject:
         if self._fill or self._next_part == 1:
@@ -322,7 +331,8 @@ class S3Writer(Writer):
         log.debug("%s: multipart upload %s completed (%d parts)", self._where(),
                   self._upload_id, len(parts))
         self._gw.tag_sha256(self.key, resp.get("VersionId"), sha256)
-        return self._gw.verify_stored(self.key, resp, digests, expected, kind, self.size)
+        return self._gw.verify_stored(self.key, resp, digests, expected, kind, self.size,
+                                      self._lock)
 
     # ------------------------------------------------------------------ abort
     def abort(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+from datetime import timedelta, timezone
 
 import pytest
 from s3_testing import MiB, uploads
@@ -18,7 +19,9 @@ from archiver.testing.emulator import ArtifactSpec
 BIG = 12 * MiB
 
 
-def config_text(emu, tmp_path, endpoint: str, bucket: str, attempts: int) -> str:
+def config_text(emu, tmp_path, endpoint: str, bucket: str, attempts: int,
+                vault_options: str = "") -> str:
+    vault = "".join(f"            {line}\n" for line in vault_options.splitlines())
     return textwrap.dedent(f"""\
         source:
           type: plangrep
@@ -38,16 +41,17 @@ def config_text(emu, tmp_path, endpoint: str, bucket: str, attempts: int) -> str
             part_size: 5MiB
             multipart_threshold: 5MiB
             max_parts_in_flight: 2
-        state_dir: {tmp_path / 'state'}
+{vault}        state_dir: {tmp_path / 'state'}
         concurrency: 2
         artifact_attempts: {attempts}
         """)
 
 
-def run(emu, tmp_path, endpoint, bucket, attempts=4):
+def run(emu, tmp_path, endpoint, bucket, attempts=4, vault_options=""):
     plugins = build_plugin_manager(entry_points=True)
     loaded = load_config("archiver.yaml", plugins.registry,
-                         text=config_text(emu, tmp_path, endpoint, bucket, attempts),
+                         text=config_text(emu, tmp_path, endpoint, bucket, attempts,
+                                          vault_options),
                          env={"PLANGREP_API_KEY": emu.api_key})
     ledger = open_ledger(loaded.settings.state_dir)
     pipeline = Runtime(loaded, plugins, ledger)
@@ -119,3 +123,135 @@ def test_download_dropped_mid_upload_leaves_nothing_then_next_run_completes(
     assert report.exit_code == 0, report.as_dict()
     body = s3.get_object(Bucket=bucket, Key=big_key(s3_objects(s3, bucket)))["Body"].read()
     assert body == emu.artifact_bytes(job["id"], "dir/big.bin")
+
+
+# ---------------------------------------------------------------------- read-back, faults
+LOCK = "object_lock: {mode: GOVERNANCE, retain_days: 2}"
+
+
+def copies_of(job_report, job_id) -> dict[tuple[str, str], dict]:
+    return {(c["path"], c["sink"]): c for c in job_report(job_id)["copies"]}
+
+
+def test_head_cut_fails_only_the_s3_copy_and_the_next_run_completes(
+        plangrep_emulator, job, tmp_path, moto_endpoint, s3, bucket):
+    """HeadObject's headers cut after the status line (a "successful" HEAD without
+    ContentLength): the S3 copy is a retryable sink error, not an internal error, and
+    the local copies of the same objects are recorded all the same."""
+    from archiver.testing.faultproxy import Fault, FaultProxy
+
+    emu = plangrep_emulator
+    with FaultProxy(moto_endpoint) as proxy:
+        proxy.once(lambda r: r.method == "HEAD" and r.path.endswith("/big.bin"),
+                   Fault(close_after=17))
+        report, job_report = run(emu, tmp_path, proxy.url, bucket, attempts=1)
+        assert len(proxy.applied) == 1
+    assert report.exit_code == 1 and job["id"] in report.incomplete, report.as_dict()
+    problems = " ".join(report.incomplete[job["id"]])
+    assert "internal error" not in problems
+    assert "sink vault" in problems and "big.bin" in problems and "ContentLength" in problems
+    copies = copies_of(job_report, job["id"])
+    assert ("dir/big.bin", "primary") in copies and ("small.json", "vault") in copies
+    assert ("dir/big.bin", "vault") not in copies
+
+    report, job_report = run(emu, tmp_path, moto_endpoint, bucket)
+    assert report.exit_code == 0, report.as_dict()
+    assert copies_of(job_report, job["id"])[("dir/big.bin", "vault")]["verified"]
+
+
+def test_lock_the_provider_drops_leaves_the_job_incomplete_then_applies_it(
+        plangrep_emulator, job, tmp_path, moto_endpoint, s3, new_bucket):
+    """moto ignores Object Lock on CreateMultipartUpload, and here PutObjectRetention is
+    acknowledged without reaching it: the big artifact's copy is not verified and the job
+    stays incomplete, naming sink, key, wanted and found. The next run applies the lock
+    and records what S3 confirmed in the copy row and the audit chain."""
+    import json
+
+    from archiver.testing.faultproxy import Fault, FaultProxy
+
+    emu = plangrep_emulator
+    locked = new_bucket(lock=True)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    with FaultProxy(moto_endpoint) as proxy:
+        proxy.rule = lambda r: Fault(respond=ok) if (
+            r.method == "PUT" and "retention" in r.query) else None
+        report, job_report = run(emu, tmp_path, proxy.url, locked, attempts=1,
+                                 vault_options=LOCK)
+        assert proxy.applied, "PutObjectRetention was never sent"
+    assert report.exit_code == 1 and job["id"] in report.incomplete, report.as_dict()
+    problems = " ".join(report.incomplete[job["id"]])
+    assert "sink vault" in problems and "big.bin" in problems
+    assert "wanted mode GOVERNANCE until" in problems and "S3 holds no Object Lock" in problems
+    assert ("dir/big.bin", "vault") not in copies_of(job_report, job["id"])
+
+    report, job_report = run(emu, tmp_path, moto_endpoint, locked, vault_options=LOCK)
+    assert report.exit_code == 0, report.as_dict()
+    key = big_key(s3_objects(s3, locked))
+    head = s3.head_object(Bucket=locked, Key=key)
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    ledger = open_ledger(tmp_path / "state")
+    try:
+        records = [json.loads(r.line) for r in ledger.audit_rows(job["id"])]
+    finally:
+        ledger.close()
+    retention = [r["data"] for r in records
+                 if r["kind"] == "retention" and r["path"] == "dir/big.bin"]
+    assert retention and retention[-1]["object_lock_mode"] == "GOVERNANCE"
+    assert retention[-1]["object_lock_retain_until"] == \
+        head["ObjectLockRetainUntilDate"].astimezone(timezone.utc).isoformat()
+
+
+def test_verify_reports_retention_shortened_weakened_or_removed(
+        plangrep_emulator, job, tmp_path, moto_endpoint, s3, new_bucket):
+    """moto lets a COMPLIANCE retention be shortened, weakened to GOVERNANCE or removed
+    (real S3 refuses; GOVERNANCE allows it with BypassGovernanceRetention), and a legal
+    hold be released: ``archiver verify`` names each such object and exits 1."""
+    import json
+
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    emu = plangrep_emulator
+    locked = new_bucket(lock=True)
+    lock = "object_lock: {mode: COMPLIANCE, retain_days: 2, legal_hold: true}"
+    report, _ = run(emu, tmp_path, moto_endpoint, locked, vault_options=lock)
+    assert report.exit_code == 0, report.as_dict()
+    config = tmp_path / "archiver.yaml"
+    config.write_text(config_text(emu, tmp_path, moto_endpoint, locked, 4, lock))
+
+    def verify():
+        result = CliRunner().invoke(cli, ["verify", "--json", "-c", str(config)],
+                                    env={"PLANGREP_API_KEY": None})
+        return result.exit_code, json.loads(result.stdout)
+
+    code, out = verify()
+    assert code == 0 and out["findings"] == [], out
+
+    stored = s3_objects(s3, locked)
+
+    def key(suffix: str) -> str:
+        (found,) = [k for k in stored if k.endswith(suffix)]
+        return found
+
+    big, small, job_json, result_json = (key("/big.bin"), key("/small.json"),
+                                         key("/job.json"), key("/result.json"))
+    until = s3.head_object(Bucket=locked, Key=big)["ObjectLockRetainUntilDate"]
+    s3.put_object_retention(Bucket=locked, Key=big, Retention={
+        "Mode": "COMPLIANCE", "RetainUntilDate": until - timedelta(days=1)})
+    s3.put_object_retention(Bucket=locked, Key=small, Retention={})
+    s3.put_object_retention(Bucket=locked, Key=job_json, Retention={
+        "Mode": "GOVERNANCE", "RetainUntilDate": until + timedelta(days=1)})
+    s3.put_object_legal_hold(Bucket=locked, Key=result_json, LegalHold={"Status": "OFF"})
+    code, out = verify()
+    assert code == 1, out
+    found = {f["where"]: f for f in out["findings"]}
+    url = f"s3://{locked}/"
+    assert set(found) == {url + big, url + small, url + job_json, url + result_json}, out
+    assert {f["kind"] for f in found.values()} == {"retention"}
+    assert {f["sink"] for f in found.values()} == {"vault"}
+    assert "retention shortened" in found[url + big]["detail"]
+    assert "retention missing" in found[url + small]["detail"]
+    assert "retention mode GOVERNANCE, wanted COMPLIANCE" in found[url + job_json]["detail"]
+    assert "legal hold removed" in found[url + result_json]["detail"]
+    assert "recorded when it was stored" in found[url + big]["detail"]

@@ -1,0 +1,171 @@
+"""Scenario 7: scale-out on a latency-bound run, ``archiver run --workers N``.
+
+200 ms of emulator latency on every request and 4 in flight per worker process
+(``concurrency: 4``): a run that no single process can speed up with CPU, only with more
+requests in flight. The same jobs (160 × 5 artifacts × 8 KiB by default) are archived with
+N = 1, 2, 4 and 8 worker processes (``workers: N``; N = 1 is the one ``archiver run``
+process, no child); the speed-up is throughput at N / throughput at N = 1 (target
+≥ 0.8·N), CPU per artifact is the CPU of the whole process tree / artifacts (target
+≤ 1.15× one process). One more row measures the fixed cost of one worker process
+(``archiver worker --drain`` with nothing to claim: interpreter, imports, config, plugins,
+ledger, register/unregister), which every extra process adds whatever the run's size.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from .context import (Context, archiver_config, remove, run_archiver, set_aside,
+                      write_config)
+from .harness import ScenarioResult, Target, Variant, alternate
+from .measure import BenchError, Measurement, run_process
+from .servers import emulator
+
+KEY = "scaleout"
+TITLE = "7. Scale-out: worker processes on a latency-bound run"
+CONCURRENCY = 4       # per worker process
+SIZE = 8 << 10
+PER_JOB = 5
+RSS_LIMIT_MIB = 100
+
+
+def label(n: int) -> str:
+    if n == 1:
+        return f"1 process (workers: 1), concurrency {CONCURRENCY}"
+    return f"{n} worker processes × concurrency {CONCURRENCY}"
+
+
+def _count_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*/*/data/artifacts/**/*") if p.is_file())
+
+
+def sizes(ctx: Context) -> tuple[float, int, tuple[int, ...], dict[int, int]]:
+    """(latency s, jobs, worker counts, repetitions per N). Default: the run at N = 8
+    lasts ~10 s; N = 1 and 2 (the longest runs, ~80 and ~40 s) get 2 repetitions, so that
+    the scenario stays under 6 minutes."""
+    if ctx.smoke:
+        return 0.02, 4, (1, 2), {}
+    if ctx.quick:
+        return 0.2, 48, (1, 2, 4, 8), {}
+    return 0.2, 240, (1, 2, 4, 8), {1: min(ctx.reps, 2), 2: min(ctx.reps, 2)}
+
+
+def run(ctx: Context) -> ScenarioResult:
+    latency, jobs, ns, reps = sizes(ctx)
+    n_art = jobs * PER_JOB
+    ms = f"{latency * 1000:.0f} ms"
+    res = ScenarioResult(KEY, TITLE, (
+        f"{jobs} jobs × {PER_JOB} artifacts × 8 KiB to local disk ({n_art:,} artifacts), "
+        f"{ms} of latency added by the emulator to every request (listing, results, "
+        f"artifacts), {CONCURRENCY} in flight per process (`concurrency: {CONCURRENCY}`), "
+        f"with `workers: N` for N = {', '.join(map(str, ns))} (N = 1 is the one `archiver "
+        "run` process; with N > 1 it lists and triages the jobs, queues them in the SQLite "
+        "ledger and N `archiver worker` children claim them). Same jobs, same latency for "
+        "every N: the speed-up is throughput at N / throughput at N = 1. The last row is "
+        "the fixed cost of one worker process: `archiver worker --drain` with nothing to "
+        "claim (interpreter start-up, imports, config, plugins, opening the ledger, "
+        "registering and unregistering), which each extra process adds to the run's CPU "
+        "whatever its size. Peak RSS is the largest single process (GNU time); the table "
+        "below also shows the supervisor and the largest worker apart (sampled from "
+        "`/proc`)."))
+    work = ctx.scratch("s7")
+    trash = work / "trash"
+    with emulator() as emu:
+        from archiver.testing.emulator import ArtifactSpec
+
+        for j in range(jobs):
+            emu.add_job("proj_scale", artifacts=[
+                ArtifactSpec(f"parts/{j}/p{i}.bin", size=SIZE) for i in range(PER_JOB)])
+        emu.faults.latency = latency
+        # N = 1 needs ~ jobs × (1 + PER_JOB) requests / CONCURRENCY × latency; × 3 + slack
+        timeout = 120 + jobs * (1 + PER_JOB) / CONCURRENCY * latency * 3
+
+        def variant(n: int) -> Variant:
+            root, state = work / f"archive-{n}", work / f"state-{n}"
+            cfg = write_config(work / f"w{n}.yaml", archiver_config(
+                emu, root, state, concurrency=CONCURRENCY, workers=n))
+
+            def go(rep: int) -> Measurement:
+                m = run_archiver(ctx, cfg, what=label(n), timeout=timeout,
+                                 expect_archived=jobs, per_process_rss=True)
+                if _count_files(root) != n_art:
+                    raise BenchError(f"{label(n)}: {_count_files(root)} artifacts stored, "
+                                     f"not {n_art}")
+                return m
+            return Variant(label(n), go,
+                           work=n_art, unit="artifacts/s",
+                           vs=(label(1),) if n > 1 else (), reps=reps.get(n),
+                           reset=lambda: set_aside(trash, root, state))
+
+        # the fixed cost of one worker: a ledger with nothing queued
+        idle_cfg = write_config(work / "idle.yaml", archiver_config(
+            emu, work / "archive-idle", work / "state-idle", concurrency=CONCURRENCY))
+        idle_label = "one worker process alone, nothing to claim (its fixed cost)"
+
+        def idle(rep: int) -> Measurement:
+            return run_process([ctx.python, "-m", "archiver", "worker", "-c", str(idle_cfg),
+                                "--drain", "--jsonl"], what=idle_label, timeout=120,
+                               env=ctx.env).measurement
+
+        variants = [variant(n) for n in ns]
+        variants.append(Variant(idle_label, idle, role="reference", note=(
+            "`archiver worker -c FILE --drain --jsonl` (what the supervisor starts) on an "
+            "empty ledger: it claims nothing and exits")))
+        ctx.log(f" {n_art} artifacts, {ms}: N = {', '.join(map(str, ns))} "
+                f"x {ctx.reps} runs (fewer for: {reps or 'none'})")
+        try:
+            res.rows = alternate(variants, ctx.reps, ctx.log)
+        finally:
+            emu.faults.latency = 0
+            remove(trash)
+    _report(res, ns, n_art, ms)
+    return res
+
+
+def _median_cpu(row) -> float | None:
+    cpu = [m.cpu_seconds for m in row.runs if m.cpu_seconds is not None]
+    return statistics.median(cpu) if cpu else None
+
+
+def _report(res: ScenarioResult, ns: tuple[int, ...], n_art: int, ms: str) -> None:
+    one = res.row(label(1))
+    cpu1 = _median_cpu(one)
+    idle = res.row("one worker process alone, nothing to claim (its fixed cost)")
+    fixed = _median_cpu(idle) or 0.0
+    lines = [f"Speed-up and CPU per artifact ({n_art:,} artifacts, {ms} per request; "
+             f"*steady-state*: the CPU less N × one worker's fixed cost "
+             f"({fixed:.2f} s), i.e. what each artifact costs once the processes run; "
+             "information, not a target):", "",
+             "| N | median s | artifacts/s | speed-up | target 0.8·N | CPU s | CPU ms per "
+             "artifact | vs N = 1 | steady-state ms per artifact | peak RSS MiB: largest "
+             "process | run process | largest worker |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    largest = 0
+    for n in ns:
+        row = res.row(label(n))
+        rate = row.rate(row.median)
+        speed = res.ratio(row, label(1)) if n > 1 else 1.0
+        cpu = _median_cpu(row)
+        per = cpu / n_art * 1000 if cpu is not None else None
+        vs1 = cpu / cpu1 if cpu and cpu1 else None
+        steady = (cpu - (n if n > 1 else 0) * fixed) / n_art * 1000 if cpu else None
+        parents = [k for k in row.extra("rss_parent_kib") if k]
+        workers = [k for ks in row.extra("rss_workers_kib") for k in ks]
+        rss = row.peak_rss_kib or 0
+        largest = max(largest, rss)
+        lines.append(f"| {n} | {row.median:.2f} | {rate:.1f} | {speed:.2f}× | "
+                     f"{0.8 * n:.1f}× | {cpu:.2f} | {per:.2f} | {vs1:.2f}× | "
+                     f"{steady:.2f} | {rss / 1024:.1f} | "
+                     f"{max(parents) / 1024 if parents else float('nan'):.1f} | "
+                     + (f"{max(workers) / 1024:.1f}" if workers else "– (none)") + " |")
+        if n > 1:
+            res.targets.append(Target(f"N = {n}: speed-up ≥ {0.8 * n:.1f}× (0.8·N) over one "
+                                      "process", speed >= 0.8 * n, f"{speed:.2f}×"))
+            res.targets.append(Target(f"N = {n}: CPU per artifact ≤ 1.15× one process",
+                                      vs1 <= 1.15, f"{per:.2f} vs {cpu1 / n_art * 1000:.2f} "
+                                      f"ms, {vs1:.2f}×"))
+    res.targets.append(Target(f"every N: peak RSS of the largest single process ≤ "
+                              f"{RSS_LIMIT_MIB} MiB", largest / 1024 <= RSS_LIMIT_MIB,
+                              f"{largest / 1024:.0f} MiB"))
+    res.tables.append("\n".join(lines))

@@ -1,0 +1,1 @@
+"""archiver plugin ``postgres`` (being written)."""
