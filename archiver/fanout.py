@@ -125,6 +125,10 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
         except TransformError as exc:
             res.errors["*"] = _about(job, item, exc)
             break
+    if not committed and p.stopped():
+        # Aborted by a stop or a lost lease: nothing of this object failed, and a worker
+        # that lost its lease must not overwrite what the job's new owner records.
+        return res
     with p.ledger.batch():  # everything this object adds to the ledger: one transaction
         for out, stored in committed:
             out.writer.forget()

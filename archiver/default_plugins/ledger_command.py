@@ -131,7 +131,7 @@ def archiver_register_commands(cli) -> None:
         applied: list[str] = []
         after = before
         if not dry_run and before["pending"]:
-            led = _open(settings)
+            led = _open(settings, migrate=True)
             try:
                 after = led.schema_info()
             finally:

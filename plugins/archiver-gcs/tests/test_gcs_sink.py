@@ -311,6 +311,8 @@ def test_retention_holds_storage_class_kms(make_sink, gcs_client, fault_proxy):
         until = datetime.fromisoformat(stored.extra["retention"]["retain_until"]
                                        .replace("Z", "+00:00"))
         assert stored.extra["retention"]["mode"] == "Locked"
+        assert stored.extra["temporary_hold"] is True  # read back (kept by the proxy)
+        assert stored.extra["event_based_hold"] is True
         assert timedelta(days=30) - timedelta(minutes=5) < until - before < timedelta(days=31)
         blob = get_blob(gcs_client, sink, key)  # what the emulator stored
         assert blob.retention.mode == "Locked"

@@ -56,8 +56,11 @@ class LedgerUnavailable(LedgerError):
 def transient(exc: BaseException) -> bool:
     """Worth retrying: the server or the connection is gone (or not ready yet), or
     PostgreSQL aborted the transaction to resolve a deadlock or a serialization conflict."""
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError,
-                            pgerrors.TransactionRollbackError))
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+# PostgreSQL ended the transaction to resolve a conflict (both are OperationalErrors).
+_ROLLED_BACK = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure)
 
 
 def _broken(conn: Any) -> bool:
@@ -188,7 +191,7 @@ class Outage:
         self.tries += 1
         if self.first is None:
             self.first = now
-            if isinstance(exc, pgerrors.TransactionRollbackError):
+            if isinstance(exc, _ROLLED_BACK):
                 log.info("ledger at %s: %s; re-running the transaction",
                          self.conns.url.location, self.conns.describe(exc))
             else:

@@ -43,7 +43,8 @@ CREATE_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations (version integer P
 
 
 def migrate_hint(where: str) -> str:
-    return f"run `archiver ledger migrate -c FILE` (the configuration naming {where})"
+    """What to do about a schema older than this plugin's (``FILE``: the configuration)."""
+    return "run `archiver ledger migrate -c FILE`"
 
 
 def lock_key(schema: str | None) -> int:

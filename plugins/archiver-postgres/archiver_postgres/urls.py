@@ -4,7 +4,7 @@ Pure (stdlib only), so the plugin module can import it without the driver. A URL
 ``postgresql://user:password@host:port/dbname?param=value`` (``postgres://`` too), as
 libpq reads it. The password may sit in the userinfo or in a ``password=`` parameter; it
 goes to libpq only: :attr:`PgUrl.location` (``repr``, ``schema_info()``, every message)
-is the URL without it, and :meth:`PgUrl.scrub` removes it from any text (an error message
+is the URL without its userinfo (user and password) and without secret parameters, and :meth:`PgUrl.scrub` removes it from any text (an error message
 of the driver) before that text is shown.
 
 One parameter is archiver's own and removed before the URL reaches libpq:
@@ -62,7 +62,7 @@ def parse(url: str) -> PgUrl:
     if parts.scheme.lower() not in SCHEMES:
         raise LedgerError("ledger.url: not a postgresql:// URL")
     userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
+    _user, colon, password = userinfo.partition(":")
     secrets = [password, unquote(password)] if colon and password else []
     # Query parameters are kept as written (libpq decodes %XX but not "+").
     kept, shown, own = [], [], {}
@@ -77,7 +77,7 @@ def parse(url: str) -> PgUrl:
             secrets += [raw_value, value] if value else []
         else:
             shown.append(piece)
-    shown_netloc = (f"{user}@" if user else "") + hostinfo if at else parts.netloc
+    shown_netloc = hostinfo if at else parts.netloc  # no user, no password, no "@"
     location = urlunsplit((parts.scheme, shown_netloc, parts.path, "&".join(shown), ""))
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), ""))
     threshold: object = DEFAULT

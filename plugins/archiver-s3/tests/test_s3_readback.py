@@ -107,6 +107,7 @@ def test_single_put_lock_needs_no_second_request(make_sink, s3, new_bucket):
     stored = store(sink, "lock/small.bin", b"small")
     assert "object_lock_applied_after_commit" not in stored.extra
     assert stored.extra["object_lock_mode"] == "GOVERNANCE"
+    assert "before-send.s3.PutObject" in sent and "before-send.s3.HeadObject" in sent
     assert not [e for e in sent if "PutObjectRetention" in e or "PutObjectLegalHold" in e]
 
 

@@ -6,7 +6,7 @@
 -- was last claimed, the backoff (not_before), the parsed expiresAt for ordering, and
 -- parked (too many lost leases: claim_next skips it until it is claimed with force).
 ALTER TABLE jobs
-    ADD COLUMN owner text,
+    ADD COLUMN owner text COLLATE "C",
     ADD COLUMN lease_until double precision,
     ADD COLUMN attempts integer NOT NULL DEFAULT 0,
     ADD COLUMN lost_leases integer NOT NULL DEFAULT 0,
@@ -36,8 +36,8 @@ CREATE INDEX jobs_claimable ON jobs (state, parked, expires_ts);
 CREATE INDEX jobs_owner ON jobs (owner);
 
 CREATE TABLE workers (
-    worker_id text PRIMARY KEY, host text, pid integer, started double precision,
-    heartbeat_at double precision
+    worker_id text COLLATE "C" PRIMARY KEY, host text, pid integer,
+    started double precision, heartbeat_at double precision
 );
 
 -- The worker that opened a pending writer.
