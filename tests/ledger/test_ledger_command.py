@@ -116,6 +116,7 @@ def test_bad_configs_are_exit_2(config, tmp_path):
     bad.write_text("source: [\n")
     result = run("ledger", "status", "-c", str(bad))
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
-    result = run("ledger", "status", "-c", str(config("ledger:\n  url: postgresql://h/db\n")))
+    result = run("ledger", "status", "-c", str(config("ledger:\n  url: postgresql://h/db\n")),
+                 env={"ARCHIVER_DISABLE_PLUGINS": "postgres"})  # as if not installed
     assert result.exit_code == 2
     assert "PostgreSQL needs the archiver-postgres plugin" in result.stderr

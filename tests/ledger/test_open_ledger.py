@@ -48,7 +48,9 @@ def test_sqlite_urls(tmp_path, monkeypatch):
     assert not (tmp_path / "state").exists()
 
 
-def test_postgresql_needs_its_plugin_and_unknown_schemes_are_named(tmp_path):
+def test_postgresql_needs_its_plugin_and_unknown_schemes_are_named(tmp_path, monkeypatch):
+    for scheme in ("postgresql", "postgres"):  # as if archiver-postgres were not installed
+        monkeypatch.delitem(SCHEMES, scheme, raising=False)
     url = "postgresql://archiver:s3cret@db.example/archiver"
     with pytest.raises(LedgerError) as err:
         open_ledger(settings(tmp_path, url))

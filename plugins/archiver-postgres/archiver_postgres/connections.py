@@ -166,6 +166,8 @@ class Connections:
                 return result
             except Exception as exc:  # noqa: BLE001 - sorted by transient()
                 if not transient(exc):
+                    if isinstance(exc, psycopg.Error):  # a refused query: say where
+                        raise self.fail("a read was refused", exc) from exc
                     raise
                 outage.failed(exc)
 

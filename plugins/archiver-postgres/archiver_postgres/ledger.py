@@ -233,6 +233,8 @@ class PostgresLedger(PostgresClaims, PostgresReads):
                 in_doubt, error = exc, exc.error
             except Exception as exc:  # noqa: BLE001 - sorted by transient()
                 if not transient(exc):
+                    if isinstance(exc, psycopg.Error):  # a refused statement: say where
+                        raise self._conns.fail("a write was refused", exc) from exc
                     raise
                 error = exc
             outage.failed(error)

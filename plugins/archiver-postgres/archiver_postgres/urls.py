@@ -4,8 +4,9 @@ Pure (stdlib only), so the plugin module can import it without the driver. A URL
 ``postgresql://user:password@host:port/dbname?param=value`` (``postgres://`` too), as
 libpq reads it. The password may sit in the userinfo or in a ``password=`` parameter; it
 goes to libpq only: :attr:`PgUrl.location` (``repr``, ``schema_info()``, every message)
-is the URL without its userinfo (user and password) and without secret parameters, and :meth:`PgUrl.scrub` removes it from any text (an error message
-of the driver) before that text is shown.
+is the URL without its userinfo (user and password) and secret parameters, and
+:meth:`PgUrl.scrub` removes the password from any text (an error message of the driver)
+before that text is shown; the parts that hold it show as ``Secret('***')``.
 
 One parameter is archiver's own and removed before the URL reaches libpq:
 ``prepare_threshold`` (an integer, or ``none`` to never prepare statements: PgBouncer in
@@ -34,18 +35,40 @@ class _Default:
 DEFAULT = _Default()  # prepare_threshold not given: psycopg's default
 
 
+class Secret:
+    """A text that shows as ``***`` (repr, str, tracebacks with locals)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class PgUrl:
-    """A parsed ledger URL. ``conninfo`` holds the password: never show it."""
+    """A parsed ledger URL; ``conninfo`` (what libpq gets) holds the password."""
 
-    conninfo: str = field(repr=False)
+    secret_conninfo: Secret = field(repr=False)
     location: str
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    secret_parts: tuple[Secret, ...] = field(default=(), repr=False)
     prepare_threshold: object = DEFAULT
+
+    @property
+    def conninfo(self) -> str:
+        return self.secret_conninfo.get()
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of the password (and the full URL) replaced."""
-        for secret in sorted({self.conninfo, *self.secrets}, key=len, reverse=True):
+        secrets = {self.conninfo, *(s.get() for s in self.secret_parts)}
+        for secret in sorted(secrets, key=len, reverse=True):
             if secret:
                 text = text.replace(secret, "***")
         return text
@@ -90,4 +113,5 @@ def parse(url: str) -> PgUrl:
         else:
             raise LedgerError(f"ledger.url {location}: prepare_threshold must be a whole "
                               "number or none")
-    return PgUrl(conninfo, location, tuple(s for s in secrets if s), threshold)
+    parts_kept = tuple(Secret(s) for s in dict.fromkeys(secrets) if s)
+    return PgUrl(Secret(conninfo), location, parts_kept, threshold)

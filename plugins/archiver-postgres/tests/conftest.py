@@ -11,31 +11,11 @@ test; ``ledger_url`` is the same, migrated.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
 import uuid
-from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import pytest
-
-ADMIN_URL = os.environ.get("ARCHIVER_TEST_POSTGRES_URL",
-                           "postgresql://postgres@127.0.0.1:5432/test")
-HOW = ("start PostgreSQL on 127.0.0.1:5432 or set ARCHIVER_TEST_POSTGRES_URL "
-       "(e.g. postgresql://user@host:5432/db)")
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def with_options(url: str, search_path: str) -> str:
-    """``url`` whose sessions use ``search_path`` (libpq's ``options`` parameter)."""
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={search_path}', safe='')}"
+from pg_testing import ADMIN_URL, HOW, cluster, in_ci, pg_ctl, wait_until_up, with_options
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +26,7 @@ def pg_admin() -> str:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         message = f"PostgreSQL is not reachable ({' '.join(str(exc).split())[:200]}): {HOW}"
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"CI=true: {message}", pytrace=False)
         pytest.skip(message)
     return ADMIN_URL
@@ -84,38 +64,6 @@ def ledger_url(pg_url) -> str:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         schema.migrate(conn, "test")
     return pg_url
-
-
-# --------------------------------------------------------------------------- the server
-def cluster() -> tuple[str, str] | None:
-    """(version, name) of the local cluster when this machine can stop and start it."""
-    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
-        return None
-    if not ADMIN_URL.startswith(("postgresql://postgres@127.0.0.1", "postgresql://root@127.0.0.1",
-                                 "postgresql://postgres@localhost")) \
-            and "ARCHIVER_TEST_POSTGRES_URL" in os.environ:
-        return None  # a server elsewhere: not ours to restart
-    versions = sorted(os.listdir("/etc/postgresql"))
-    return (versions[-1], "main") if versions else None
-
-
-def pg_ctl(action: str, *extra: str) -> None:
-    version, name = cluster()
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action,
-                    *extra], check=True, capture_output=True, timeout=120)
-
-
-def wait_until_up(timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with psycopg.connect(ADMIN_URL, connect_timeout=2, autocommit=True) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture

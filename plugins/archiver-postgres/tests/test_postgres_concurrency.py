@@ -5,6 +5,8 @@
   has exactly one winner.
 * 8 spawned processes append 500 audit records each at once (``event`` calls, each its
   own transaction): one gapless chain that ``verify_chain`` accepts, every job's chain too.
+* 4 spawned processes claim (``claim_next``) and finish 400 jobs, as
+  ``tests/ledger/test_multiprocess_claims.py`` does for SQLite: each job finished once.
 * A fork attempt, two transactions linking to the same predecessor without the lock, is
   a constraint error.
 """
@@ -15,16 +17,17 @@ import json
 import multiprocessing
 import threading
 import time
-from types import SimpleNamespace
+from collections import Counter
 
 import psycopg
 import pytest
 from archiver_postgres import PostgresLedger
-from pydantic import SecretStr
 
-from archiver.ledger import new_worker_id
+from archiver.errors import LedgerError
+from archiver.ledger import ARCHIVED, new_worker_id
 from archiver.ledger.chainrules import GENESIS, line_hash, make_line, verify_chain
-from archiver.testing.ledger_contract import MAX_LOST, TTL, job
+from archiver.plugins import build_plugin_manager
+from archiver.testing.ledger_contract import MAX_LOST, TTL, claim_worker, job
 
 TRIALS = 1000
 PROCESSES, APPENDS = 8, 500
@@ -159,6 +162,7 @@ def test_a_fork_is_a_constraint_error(ledger_url):
         t2.rollback()
         first_job = t1.execute("SELECT job_prev FROM audit WHERE job_id='job_1'").fetchone()[0]
         assert first_job == GENESIS
+        t1.commit()  # (TRUNCATE below would wait for its lock)
         with pytest.raises(psycopg.errors.UniqueViolation, match="audit_job_prev_unique"):
             _insert(t2, head_seq + 2, line_hash("y"), job_id="job_1", job_prev=GENESIS)
         t2.rollback()
@@ -171,7 +175,41 @@ def test_a_fork_is_a_constraint_error(ledger_url):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             t2.execute("TRUNCATE audit")
         t2.rollback()
+        # and a ledger handle whose write hits such a refusal says so, as a LedgerError
+        ledger = PostgresLedger(ledger_url)
+        with pytest.raises(LedgerError, match="a write was refused: .*append-only"):
+            ledger._write_now(lambda: ledger._q("DELETE FROM audit"), "test")
+        ledger.close()
     finally:
         t1.close()
         t2.close()
-    assert SimpleNamespace(url=SecretStr(ledger_url))  # the URL stays usable
+
+
+def _claim_worker(url: str, start_at: float, deadline: float) -> dict:
+    """The contract's claim_worker in a fresh process: the plugin schemes come from the
+    plugin manager, as in every command."""
+    build_plugin_manager()
+    return claim_worker(url, start_at, deadline)
+
+
+def test_four_processes_claim_every_job_once(ledger_url):
+    processes, jobs = 4, 400
+    ledger = PostgresLedger(ledger_url)
+    assert ledger.enqueue([job(f"{i:04d}") for i in range(jobs)]) == jobs
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        start_at = time.time() + 3.0
+        results = pool.starmap(_claim_worker, [(ledger_url, start_at, start_at + 30)]
+                               * processes)
+    finished = Counter(j for r in results for j in r["done"])
+    assert len(finished) == jobs and set(finished.values()) == {1}, "a job finished twice"
+    assert sum(r["lost"] for r in results) == 0, "a lease was lost: a double claim"
+    assert all(len(r["done"]) > 0 for r in results), [len(r["done"]) for r in results]
+    assert set(ledger.job_states().values()) == {ARCHIVED}
+    records = [json.loads(r.line) for r in ledger.audit_rows()]
+    assert Counter(r["message"] for r in records if r["kind"] == "job") == \
+        {"queued": jobs, ARCHIVED: jobs}
+    assert all(r.attempts == 1 and r.owner is None for r in ledger.job_rows())
+    assert verify_chain(ledger.audit_rows()) == (None, 2 * jobs)
+    assert ledger.workers() == []
+    ledger.close()
