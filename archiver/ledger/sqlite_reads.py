@@ -2,7 +2,10 @@
 :class:`ReadOnlyLedger`.
 
 A mixin over one method, ``_exec(sql, args) -> list[tuple]``, so both handles answer
-every question the same way. ``_claims_schema`` tells whether the file has the columns of
+every question the same way. Every read goes through :meth:`SQLiteReads._read`, whose SQL
+is written with ``?`` placeholders and portable SQL: another backend (the PostgreSQL
+plugin) reuses these reads by translating placeholders there and overriding only the
+queries that differ. ``_claims_schema`` tells whether the file has the columns of
 schema 2 (claims and leases): a read-only handle may look at a version-1 ledger it must
 not upgrade, and then reads what is there (no owners, no workers).
 """
@@ -51,13 +54,17 @@ class SQLiteReads:
     def _exec(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:  # pragma: no cover
         raise NotImplementedError
 
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        """A read, SQL written with ``?`` placeholders (SQLite's own: passed as it is)."""
+        return self._exec(sql, args)
+
     def _one(self, sql: str, args: Iterable[Any] = (), default: Any = 0) -> Any:
-        rows = self._exec(sql, args)
+        rows = self._read(sql, args)
         return rows[0][0] if rows and rows[0][0] is not None else default
 
     # -- jobs
     def job_states(self) -> dict[str, str]:
-        return dict(self._exec("SELECT job_id, state FROM jobs"))
+        return dict(self._read("SELECT job_id, state FROM jobs"))
 
     def job_rows(self, job_id: str | None = None) -> list[JobRow]:
         cols = _JOB_COLS + (_LEASE_COLS if self._claims_schema else "")
@@ -65,7 +72,7 @@ class SQLiteReads:
         if job_id is not None:
             sql, args = sql + " WHERE job_id=?", (job_id,)
         out = []
-        for r in self._exec(sql + " ORDER BY job_id", args):
+        for r in self._read(sql + " ORDER BY job_id", args):
             lease = r[9:]
             out.append(JobRow(*r[:9], *lease[:5], bool(lease[5])) if lease else JobRow(*r))
         return out
@@ -74,7 +81,7 @@ class SQLiteReads:
         states = tuple(states)
         if not states:
             return []
-        rows = self._exec(
+        rows = self._read(
             "SELECT job_id, project_id, status, state, expires_at, raw, first_seen FROM jobs"
             f" WHERE state IN ({','.join('?' * len(states))}) ORDER BY job_id", states)
         out = []
@@ -86,7 +93,7 @@ class SQLiteReads:
 
     # -- copies
     def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]:
-        rows = self._exec("SELECT job_id, path, sink, key, size, received, stored, verified,"
+        rows = self._read("SELECT job_id, path, sink, key, size, received, stored, verified,"
                           " location, provider_checksum, stored_at FROM copies WHERE job_id=?",
                           (job_id,))
         return {(r[1], r[2]): CopyRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]),
@@ -107,15 +114,15 @@ class SQLiteReads:
                 args.append(val)
         return [CopyRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]),
                         bool(r[7]), r[8], _json(r[9]), r[10], r[11], r[12])
-                for r in self._exec(sql + " ORDER BY c.job_id, c.path, c.sink", args)]
+                for r in self._read(sql + " ORDER BY c.job_id, c.path, c.sink", args)]
 
     # -- pending writers
     def list_pending(self) -> list[PendingRow]:
         if not self._claims_schema:
-            return [PendingRow(*r) for r in self._exec(
+            return [PendingRow(*r) for r in self._read(
                 "SELECT id, sink, token, job_id, path, started FROM pending ORDER BY id")]
         out = []
-        for r in self._exec(
+        for r in self._read(
                 "SELECT p.id, p.sink, p.token, p.job_id, p.path, p.started, p.owner, w.host,"
                 " w.pid, w.heartbeat_at, w.worker_id FROM pending p LEFT JOIN workers w"
                 " ON w.worker_id = p.owner ORDER BY p.id"):
@@ -132,7 +139,7 @@ class SQLiteReads:
         args: tuple = ()
         if job_id:
             sql, args = sql + " WHERE job_id=?", (job_id,)
-        rows = self._exec(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [EventRow(*r) for r in reversed(rows)]
 
     def events(self, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -142,7 +149,7 @@ class SQLiteReads:
         return self._one("SELECT COUNT(*) FROM events WHERE kind=?", (kind,))
 
     def jobs_with_event(self, kind: str) -> set[str]:
-        return {r[0] for r in self._exec(
+        return {r[0] for r in self._read(
             "SELECT DISTINCT job_id FROM events WHERE kind=? AND job_id IS NOT NULL", (kind,))}
 
     # -- audit chain, bags
@@ -153,7 +160,7 @@ class SQLiteReads:
             args: tuple = (after,)
             if job_id is not None:
                 sql, args = sql + " AND job_id = ?", (after, job_id)
-            rows = self._exec(sql + " ORDER BY seq LIMIT ?", (*args, page))
+            rows = self._read(sql + " ORDER BY seq LIMIT ?", (*args, page))
             for r in rows:
                 yield AuditRow(*r)
             if len(rows) < page:
@@ -168,17 +175,17 @@ class SQLiteReads:
                 sql += f" AND {col}=?"
                 args.append(val)
         return [BagFileRow(*r[:5], json.loads(r[5]))
-                for r in self._exec(sql + " ORDER BY job_id, sink, name", args)]
+                for r in self._read(sql + " ORDER BY job_id, sink, name", args)]
 
     # -- workers
     def workers(self) -> list[WorkerRow]:
         if not self._claims_schema:
             return []
         held: dict[str, list[str]] = {}
-        for owner, job_id in self._exec("SELECT owner, job_id FROM jobs WHERE owner IS NOT NULL"
+        for owner, job_id in self._read("SELECT owner, job_id FROM jobs WHERE owner IS NOT NULL"
                                         " ORDER BY job_id"):
             held.setdefault(owner, []).append(job_id)
-        return [WorkerRow(*r, tuple(held.get(r[0], ()))) for r in self._exec(
+        return [WorkerRow(*r, tuple(held.get(r[0], ()))) for r in self._read(
             "SELECT worker_id, host, pid, started, heartbeat_at FROM workers"
             " ORDER BY worker_id")]
 
@@ -189,7 +196,7 @@ class SQLiteReads:
         out = []
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            out += self._exec(
+            out += self._read(
                 "SELECT j.job_id, j.state, j.parked, j.error, j.owner, j.lease_until,"
                 " j.attempts, j.lost_leases, j.not_before, j.claimed_at, w.heartbeat_at,"
                 " w.worker_id, w.host, w.pid FROM jobs j LEFT JOIN workers w"
@@ -204,13 +211,13 @@ class SQLiteReads:
 
     # -- reports
     def summary(self) -> dict[str, Any]:
-        states = dict(self._exec("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
-        per_sink = {s: {"objects": n, "bytes": b or 0} for s, n, b in self._exec(
-            "SELECT sink, COUNT(*), SUM(size) FROM copies GROUP BY sink")}
-        failing = [dict(zip(("job_id", "state", "error"), r)) for r in self._exec(
+        states = dict(self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        per_sink = {s: {"objects": n, "bytes": b or 0} for s, n, b in self._read(
+            "SELECT sink, COUNT(*), CAST(SUM(size) AS BIGINT) FROM copies GROUP BY sink")}
+        failing = [dict(zip(("job_id", "state", "error"), r)) for r in self._read(
             "SELECT job_id, state, error FROM jobs WHERE state IN (?, ?) ORDER BY job_id",
             (INCOMPLETE, LOST))]
-        warned = [dict(zip(("job_id", "expires_at", "message"), r)) for r in self._exec(
+        warned = [dict(zip(("job_id", "expires_at", "message"), r)) for r in self._read(
             "SELECT j.job_id, j.expires_at, MAX(e.message) FROM jobs j JOIN events e"
             " ON e.job_id = j.job_id AND e.kind = 'expiry_warning'"
             " WHERE j.state IN (?, ?, ?) GROUP BY j.job_id ORDER BY j.expires_at",
@@ -221,7 +228,7 @@ class SQLiteReads:
     def job_report(self, job_id: str) -> dict[str, Any]:
         cols = ("path", "sink", "key", "location", "size", "received", "stored",
                 "provider_checksum", "chain", "verified")
-        rows = self._exec(f"SELECT {', '.join(cols)} FROM copies WHERE job_id=? ORDER BY path,"
+        rows = self._read(f"SELECT {', '.join(cols)} FROM copies WHERE job_id=? ORDER BY path,"
                           " sink", (job_id,))
         out = []
         for r in rows:
@@ -231,6 +238,6 @@ class SQLiteReads:
             d["verified"] = bool(d["verified"])
             out.append(d)
         arts = [dict(zip(("path", "kind", "key", "filename", "size", "state", "error"), r))
-                for r in self._exec("SELECT path, kind, key, filename, size, state, error FROM"
+                for r in self._read("SELECT path, kind, key, filename, size, state, error FROM"
                                     " artifacts WHERE job_id=? ORDER BY path", (job_id,))]
         return {"artifacts": arts, "copies": out}

@@ -1,191 +1,35 @@
 """The read side of the PostgreSQL ledger, shared by :class:`~.ledger.PostgresLedger` and
-the dry-run :class:`~.ledger.PostgresReadOnlyLedger`; the same answers as
-:class:`archiver.ledger.sqlite_reads.SQLiteReads` gives (see
-:mod:`archiver.ledger.protocols` for what each means).
+the dry-run :class:`~.ledger.PostgresReadOnlyLedger`.
 
-A mixin over ``_exec(sql, args) -> list[tuple]`` (a pooled connection, retried through
-an outage). ``lease_rows()`` cannot look at pids on other hosts: a holder is alive while
-its worker row exists and its heartbeat is younger than the lease TTL (and, on this
-host, its pid runs).
+The queries are the core's (:class:`archiver.ledger.sqlite_reads.SQLiteReads`, portable
+SQL with ``?`` placeholders), so both backends give the same answers; this mixin only
+translates placeholders for psycopg and overrides what PostgreSQL must answer differently.
+``lease_rows()`` cannot look at pids on other hosts: a holder is alive while its worker
+row exists and its heartbeat is younger than the lease TTL (and, on this host, its pid
+runs).
 """
 
 from __future__ import annotations
 
-import json
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
-from archiver.ledger.rows import (
-    AuditRow,
-    BagFileRow,
-    CopyRow,
-    EventRow,
-    JobRow,
-    LeaseRow,
-    OpenJobRow,
-    PendingRow,
-    WorkerId,
-    WorkerRow,
-    pid_alive,
-)
-from archiver.ledger.states import INCOMPLETE, LOST, QUEUED, WAITING
+from archiver.ledger.rows import LeaseRow, pid_alive
+from archiver.ledger.sqlite_reads import SQLiteReads
 
 from .sql import NOW
 
-_JOB_COLS = ("job_id, project_id, status, state, expires_at, error, first_seen, updated,"
-             " archived_at")
-_LEASE_COLS = ", owner, lease_until, attempts, lost_leases, not_before, parked"
 
-
-def _json(text: str | None, default: Any = None) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
-
-
-class PostgresReads:
-    """Every read of the ledger."""
+class PostgresReads(SQLiteReads):
+    """Every read of the ledger (see :mod:`archiver.ledger.protocols`)."""
 
     _claims_schema = True
     lease_ttl = 60.0  # lease_rows(): a heartbeat older than this is a dead holder
 
-    def _exec(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:  # pragma: no cover
-        raise NotImplementedError
-
-    def _one(self, sql: str, args: Iterable[Any] = (), default: Any = 0) -> Any:
-        rows = self._exec(sql, args)
-        return rows[0][0] if rows and rows[0][0] is not None else default
-
-    # -- jobs
-    def job_states(self) -> dict[str, str]:
-        return dict(self._exec("SELECT job_id, state FROM jobs"))
-
-    def job_rows(self, job_id: str | None = None) -> list[JobRow]:
-        cols = _JOB_COLS + (_LEASE_COLS if self._claims_schema else "")
-        sql, args = f"SELECT {cols} FROM jobs", ()
-        if job_id is not None:
-            sql, args = sql + " WHERE job_id=%s", (job_id,)
-        out = []
-        for r in self._exec(sql + " ORDER BY job_id", args):
-            lease = r[9:]
-            out.append(JobRow(*r[:9], *lease[:5], bool(lease[5])) if lease else JobRow(*r))
-        return out
-
-    def open_job_rows(self, states: Iterable[str] = (INCOMPLETE, WAITING)) -> list[OpenJobRow]:
-        states = list(states)
-        if not states:
-            return []
-        out = []
-        for job_id, project, status, state, expires, raw, first_seen in self._exec(
-                "SELECT job_id, project_id, status, state, expires_at, raw, first_seen FROM jobs"
-                " WHERE state = ANY(%s) ORDER BY job_id", (states,)):
-            data = _json(raw, {})
-            out.append(OpenJobRow(job_id, project, status, state, expires,
-                                  data if isinstance(data, dict) else {}, first_seen))
-        return out
-
-    # -- copies
-    def copies(self, job_id: str) -> dict[tuple[str, str], CopyRow]:
-        rows = self._exec("SELECT job_id, path, sink, key, size, received, stored, verified,"
-                          " location, provider_checksum, stored_at FROM copies"
-                          " WHERE job_id=%s", (job_id,))
-        return {(r[1], r[2]): CopyRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]),
-                                      json.loads(r[6]), bool(r[7]), r[8], _json(r[9]), r[10])
-                for r in rows}
-
-    def copy_rows(self, *, sink: str | None = None, job_id: str | None = None,
-                  since: float | None = None) -> list[CopyRow]:
-        sql = ("SELECT c.job_id, c.path, c.sink, c.key, c.size, c.received, c.stored,"
-               " c.verified, c.location, c.provider_checksum, c.stored_at, f.checked_at,"
-               " j.project_id FROM copies c"
-               " LEFT JOIN fixity f ON f.job_id=c.job_id AND f.path=c.path AND f.sink=c.sink"
-               " LEFT JOIN jobs j ON j.job_id=c.job_id WHERE true")
-        args: list[Any] = []
-        for cond, val in (("c.sink=%s", sink), ("c.job_id=%s", job_id),
-                          ("c.stored_at>=%s", since)):
-            if val is not None:
-                sql += f" AND {cond}"
-                args.append(val)
-        return [CopyRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]),
-                        bool(r[7]), r[8], _json(r[9]), r[10], r[11], r[12])
-                for r in self._exec(sql + " ORDER BY c.job_id, c.path, c.sink", args)]
-
-    # -- pending writers
-    def list_pending(self) -> list[PendingRow]:
-        if not self._claims_schema:
-            return [PendingRow(*r) for r in self._exec(
-                "SELECT id, sink, token, job_id, path, started FROM pending ORDER BY id")]
-        out = []
-        for r in self._exec(
-                "SELECT p.id, p.sink, p.token, p.job_id, p.path, p.started, p.owner, w.host,"
-                " w.pid, w.heartbeat_at, w.worker_id FROM pending p LEFT JOIN workers w"
-                " ON w.worker_id = p.owner ORDER BY p.id"):
-            host, pid = r[7], r[8]
-            if r[6] is not None and r[10] is None:  # the worker's row is gone
-                parsed = WorkerId.parse(r[6])
-                host, pid = (parsed.host, parsed.pid) if parsed else (None, None)
-            out.append(PendingRow(*r[:7], host, pid, r[9]))
-        return out
-
-    # -- events
-    def event_rows(self, job_id: str | None = None, limit: int = 1000) -> list[EventRow]:
-        sql = "SELECT id, ts, kind, job_id, path, sink, message FROM events"
-        args: tuple = ()
-        if job_id:
-            sql, args = sql + " WHERE job_id=%s", (job_id,)
-        rows = self._exec(sql + " ORDER BY id DESC LIMIT %s", (*args, limit))
-        return [EventRow(*r) for r in reversed(rows)]
-
-    def events(self, job_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return [e.as_dict() for e in self.event_rows(job_id, limit)]
-
-    def count_events(self, kind: str) -> int:
-        return self._one("SELECT COUNT(*) FROM events WHERE kind=%s", (kind,))
-
-    def jobs_with_event(self, kind: str) -> set[str]:
-        return {r[0] for r in self._exec(
-            "SELECT DISTINCT job_id FROM events WHERE kind=%s AND job_id IS NOT NULL", (kind,))}
-
-    # -- audit chain, bags
-    def audit_rows(self, job_id: str | None = None, after: int = 0,
-                   page: int = 5000) -> Iterator[AuditRow]:
-        while True:
-            sql = "SELECT line, hash, seq FROM audit WHERE seq > %s"
-            args: tuple = (after,)
-            if job_id is not None:
-                sql, args = sql + " AND job_id = %s", (after, job_id)
-            rows = self._exec(sql + " ORDER BY seq LIMIT %s", (*args, page))
-            for r in rows:
-                yield AuditRow(*r)
-            if len(rows) < page:
-                return
-            after = rows[-1][2]
-
-    def bag_files(self, job_id: str | None = None,
-                  sink: str | None = None) -> list[BagFileRow]:
-        sql, args = "SELECT job_id, sink, name, key, size, digests FROM bags WHERE true", []
-        for col, val in (("job_id", job_id), ("sink", sink)):
-            if val is not None:
-                sql += f" AND {col}=%s"
-                args.append(val)
-        return [BagFileRow(*r[:5], json.loads(r[5]))
-                for r in self._exec(sql + " ORDER BY job_id, sink, name", args)]
-
-    # -- workers
-    def workers(self) -> list[WorkerRow]:
-        if not self._claims_schema:
-            return []
-        held: dict[str, list[str]] = {}
-        for owner, job_id in self._exec("SELECT owner, job_id FROM jobs WHERE owner IS NOT NULL"
-                                        " ORDER BY job_id"):
-            held.setdefault(owner, []).append(job_id)
-        return [WorkerRow(*r, tuple(held.get(r[0], ()))) for r in self._exec(
-            "SELECT worker_id, host, pid, started, heartbeat_at FROM workers"
-            " ORDER BY worker_id")]
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        # The core's reads are written with "?" placeholders; psycopg takes "%s".
+        return self._exec(sql.replace("?", "%s"), args)
 
     def lease_rows(self, job_ids: Iterable[str]) -> list[LeaseRow]:
         ids = list(dict.fromkeys(job_ids))
@@ -203,36 +47,3 @@ class PostgresReads:
                      and (host != this_host or pid is None or pid_alive(pid)))
             rows.append(LeaseRow(r[0], r[1], bool(r[2]), *r[3:11], alive))
         return rows
-
-    # -- reports
-    def summary(self) -> dict[str, Any]:
-        states = dict(self._exec("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
-        per_sink = {s: {"objects": n, "bytes": b or 0} for s, n, b in self._exec(
-            "SELECT sink, COUNT(*), SUM(size)::bigint FROM copies GROUP BY sink")}
-        failing = [dict(zip(("job_id", "state", "error"), r)) for r in self._exec(
-            "SELECT job_id, state, error FROM jobs WHERE state IN (%s, %s) ORDER BY job_id",
-            (INCOMPLETE, LOST))]
-        warned = [dict(zip(("job_id", "expires_at", "message"), r)) for r in self._exec(
-            "SELECT j.job_id, j.expires_at, MAX(e.message) FROM jobs j JOIN events e"
-            " ON e.job_id = j.job_id AND e.kind = 'expiry_warning'"
-            " WHERE j.state IN (%s, %s, %s) GROUP BY j.job_id ORDER BY j.expires_at",
-            (INCOMPLETE, WAITING, QUEUED))]
-        return {"jobs": states, "sinks": per_sink, "problems": failing,
-                "expiry_warnings": warned, "pending_writers": len(self.list_pending())}
-
-    def job_report(self, job_id: str) -> dict[str, Any]:
-        cols = ("path", "sink", "key", "location", "size", "received", "stored",
-                "provider_checksum", "chain", "verified")
-        rows = self._exec(f"SELECT {', '.join(cols)} FROM copies WHERE job_id=%s"
-                          " ORDER BY path, sink", (job_id,))
-        out = []
-        for r in rows:
-            d = dict(zip(cols, r))
-            for k in ("received", "stored", "provider_checksum", "chain"):
-                d[k] = json.loads(d[k]) if d[k] else None
-            d["verified"] = bool(d["verified"])
-            out.append(d)
-        arts = [dict(zip(("path", "kind", "key", "filename", "size", "state", "error"), r))
-                for r in self._exec("SELECT path, kind, key, filename, size, state, error FROM"
-                                    " artifacts WHERE job_id=%s ORDER BY path", (job_id,))]
-        return {"artifacts": arts, "copies": out}
