@@ -97,6 +97,14 @@ class Source(Component):
         The default checks nothing."""
         return None
 
+    def use_budget(self, budget: Any) -> None:
+        """Optional: the fleet API budget (``rate_limit:``, :class:`archiver.budget.FleetBudget`),
+        handed over by the runtime right after the source is built, when it is configured.
+        A source calling a rate-limited API calls ``budget.acquire()`` before every request
+        (False: the run is stopping, send nothing) and ``budget.pause(seconds)`` when the
+        API answers 429 with ``Retry-After``, so every worker of the fleet honours one
+        rate and one pause. The default ignores it (a source whose requests cost nothing)."""
+
 
 # --------------------------------------------------------------------------- transforms
 
@@ -270,6 +278,26 @@ class Sink(Component):
         default) means the sink cannot tell, and verify notes retention as unchecked.
         Raise :class:`archiver.errors.SinkError` when it cannot be read."""
         return None
+
+    def open_repair_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
+        """Optional, used only by ``archiver repair``: a writer whose commit may replace
+        the damaged object at ``key`` without destroying it.
+
+        Same contract as :meth:`open_writer` (nothing visible before commit, ``abort``,
+        ``pending``), except that commit, finding other bytes at the key, keeps them
+        (moved aside, or as an older version of the object) and puts the new bytes at
+        the key; ``StoredObject.extra["replaced"]`` then says where the old bytes are
+        kept. If the key holds the same bytes already, commit succeeds with
+        ``existed=True``. A sink that cannot keep the old bytes (a bucket without
+        versioning, an object the provider refuses to replace) raises
+        :class:`archiver.errors.SinkError` saying what an operator must do.
+
+        Sinks without this capability keep this default: repair then names the sink as
+        unable to repair in place (a *missing* object is still written again through
+        :meth:`open_writer`)."""
+        raise NotImplementedError(f"sink {self.label!r} (type {self.name}) cannot repair in "
+                                  "place: it cannot replace an object while keeping the "
+                                  "damaged one")
 
     def describe(self, key: str) -> str:
         """Human-readable location of a key, e.g. ``s3://bucket/key``."""

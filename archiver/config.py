@@ -39,6 +39,7 @@ from .config_settings import (
     WebhookSecrets,
 )
 from .config_yaml import Errors, Interpolation, parse_yaml, read_text
+from .dispatch import LOCAL
 from .errors import PluginError
 from .registry import Registry
 
@@ -67,6 +68,8 @@ class LoadedConfig:
     file: str = ""
     #: ``file:line: path: problem`` lines worth showing but not fatal (literal secrets).
     warnings: list[str] = field(default_factory=list)
+    #: The ``dispatch.mode`` dispatcher (None: ``local``).
+    dispatcher: Built | None = None
 
 
 # --------------------------------------------------------------------------- ~ in paths
@@ -224,6 +227,8 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
     interpolate = Interpolation(dict(os.environ) if env is None else env, errors, require_env)
     data = _expand_home(Settings, interpolate(data), "", errors)
     errors.raise_if_any()
+    # A dispatcher's options are the top-level section named after it (`celery:`).
+    sections = {k: data.pop(k) for k in list(data) if k in registry.classes["dispatcher"]}
     try:
         settings: Settings | None = Settings.model_validate(data)
     except ValidationError as exc:
@@ -243,11 +248,13 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
             _build(registry, "transform", t, f"sinks[{i}].transforms[{j}]", errors)
             for j, t in enumerate(s.transforms)]
     _shared_stores([b for b in sinks if b is not None], errors)
+    dispatcher = _dispatcher(registry, settings, sections, errors)
     errors.raise_if_any()
     assert settings is not None and source is not None  # else errors were raised
     warnings: list[str] = []
+    extras = [dispatcher] if dispatcher is not None else []
     for built in [source, *transforms, *sinks, *(t for ts in sink_transforms.values()
-                                                 for t in ts)]:
+                                                 for t in ts), *extras]:
         _literal_secrets(built.config, built.path, _env_name(built.cls.name), interpolate.used,
                          errors, warnings)
     _literal_secrets(settings.serve, "serve", "", interpolate.used, errors, warnings)
@@ -263,7 +270,47 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
         "sinks": [SinkSpec(name=s.name, type=s.type,
                            transforms=[ComponentSpec(type=t.type) for t in s.transforms])
                   for s in settings.sinks]})
-    return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file, warnings)
+    return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file, warnings,
+                        dispatcher)
+
+
+def _dispatcher(registry: Registry, settings: Settings | None, sections: dict[str, Any],
+                errors: Errors) -> Built | None:
+    """The ``dispatch.mode`` dispatcher with its section's options (every dispatcher
+    section present is checked, used or not)."""
+    built = {name: _build(registry, "dispatcher",
+                          _section_spec(name, section, errors), name, errors)
+             for name, section in sections.items()}
+    if settings is None or settings.dispatch.mode == LOCAL:
+        return None
+    mode = settings.dispatch.mode
+    if mode not in registry.classes["dispatcher"]:
+        try:
+            registry.get("dispatcher", mode)
+        except PluginError as exc:
+            errors.add("dispatch.mode", str(exc).replace("dispatcher type", "dispatch mode"))
+        return None
+    if mode not in built:
+        built[mode] = _build(registry, "dispatcher", ComponentSpec(type=mode), mode, errors)
+    cls = registry.get("dispatcher", mode)
+    schemes = tuple(getattr(cls, "ledger_schemes", ()) or ())
+    if schemes and settings.ledger.scheme not in schemes:
+        errors.add("dispatch.mode", f"mode {mode!r} needs a ledger that every worker host "
+                   f"reaches ({' or '.join(schemes)}), not {settings.ledger.scheme}: set "
+                   "ledger.url (e.g. postgresql://archiver@db.example/archiver)")
+    return built.get(mode)
+
+
+def _section_spec(name: str, section: Any, errors: Errors) -> ComponentSpec:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        errors.add(name, f"must be a mapping of the {name} dispatcher's options")
+        section = {}
+    if "type" in section:
+        errors.add(f"{name}.type", "is not an option here: the section name is the type")
+        section = {k: v for k, v in section.items() if k != "type"}
+    return ComponentSpec.model_validate({**section, "type": name})
 
 
 def _specs(settings: Settings | None, data: dict) -> tuple[ComponentSpec | None, list, list]:

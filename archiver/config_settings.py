@@ -218,6 +218,24 @@ class LeaseSettings(_Strict):
         return 0.75 * self.ttl if self.self_fence is None else self.self_fence
 
 
+class RateLimitSettings(_Strict):
+    """``rate_limit:`` one API budget for the whole fleet (:mod:`archiver.budget`): every
+    process on the ledger takes its requests from one shared token bucket, and a 429
+    ``Retry-After`` pauses them all. Absent: no limit."""
+
+    requests_per_second: float = Field(gt=0, allow_inf_nan=False)
+    # validate_default: the default burst is computed from requests_per_second.
+    burst: WholeNumber | None = Field(None, ge=1, validate_default=True)
+
+    @field_validator("burst")
+    @classmethod
+    def _burst(cls, value: int | None, info: ValidationInfo) -> int | None:
+        rps = info.data.get("requests_per_second")
+        if value is None and rps is not None:
+            return max(1, math.ceil(rps))  # one second's worth
+        return value
+
+
 _LEDGER_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
 _LEDGER_HINT = "sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host/db"
 
@@ -274,6 +292,25 @@ class LedgerSettings(_Strict):
         return Path(unquote(urlsplit(self.url.get_secret_value()).path[1:])).expanduser()
 
 
+class DispatchSettings(_Strict):
+    """``dispatch:`` who archives the queued jobs of ``watch``/``serve``
+    (:mod:`archiver.dispatch`). ``mode: local``: this process and its ``workers:``;
+    another mode names a dispatcher plugin (``celery``) whose options are the top-level
+    section of that name."""
+
+    mode: str = Field("local", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    # Jobs sent and not yet claimed, at most: the broker never holds the whole backlog,
+    # so that a job nearing expiry can still jump the queue.
+    max_outstanding: WholeNumber = Field(200, ge=1, le=100_000)
+    # A job sent this long ago and still unclaimed is sent again (the broker may have
+    # lost it: a restart without persistence).
+    redispatch_after: Seconds = Field(120.0, ge=1)
+    # Jobs expiring sooner than this go out with the highest priority.
+    urgent_within: Seconds = Field(86400.0, ge=0)
+    # The leader lease of the one dispatching replica (renewed every third of it).
+    leader_ttl: Seconds = Field(30.0, ge=3)
+
+
 # --------------------------------------------------------------------------- top level
 
 class Settings(_Strict):
@@ -291,6 +328,8 @@ class Settings(_Strict):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    rate_limit: RateLimitSettings | None = None
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
 
     @field_validator("sinks")
     @classmethod

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from . import cancel
 from .chain import build_chains, chain_facts, stored_digests
 from .components import ArtifactContext, Sink, Source, Transform
 from .errors import ArchiverError, ConflictError, SourceError, TransformError
@@ -64,6 +66,12 @@ class StoreContext:
     # progress.INTERVAL per object and never for one done sooner. None: not even the clock
     # is read (no progress display, workers whose parent shows none).
     on_bytes: Callable[[str, str, int, int | None], None] | None = None
+    # The runtime's archiver.cancel.Canceller: a stop cuts the sockets of the download and
+    # the uploads in flight, instead of waiting for a chunk boundary that may never come.
+    canceller: Any = None
+
+    def scope(self):
+        return self.canceller.scope() if self.canceller is not None else nullcontext()
 
     def chains(self, job: Job, artifact: Artifact | None, key: str):
         ctx = ArtifactContext(job, artifact, key)
@@ -105,7 +113,8 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
     while True:
         attempt += 1
         try:
-            _attempt(p, job, item, needed, res, committed)
+            with p.scope():
+                _attempt(p, job, item, needed, res, committed)
             break
         except SourceError as exc:
             if exc.retryable and attempt <= p.policy.retries and not p.stopped():
@@ -119,12 +128,16 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
                 continue
             res.errors["*"] = _about(job, item, exc)
             break
-        except Interrupted:
+        except (Interrupted, cancel.Cancelled):
             res.errors["*"] = f"{_what(job, item)}: interrupted, nothing partial kept"
             break
         except TransformError as exc:
             res.errors["*"] = _about(job, item, exc)
             break
+    if p.stopped() and res.errors:
+        # Errors after a stop are what the stop did (sockets cut, writers aborted): one
+        # "stopped" line, not a sink failure; the job stays incomplete and is resumed.
+        res.errors = {"*": f"{_what(job, item)}: stopped, nothing partial kept"}
     if not committed and p.stopped():
         # Aborted by a stop or a lost lease: nothing of this object failed, and a worker
         # that lost its lease must not overwrite what the job's new owner records.
@@ -205,7 +218,15 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
             del outs[name]
     finally:
         for out in outs.values():
-            out.writer.abort()
+            _abort(out)
+
+
+def _abort(out: _Out) -> None:
+    """Abort one writer. Its network cleanup (abort the multipart upload, cancel the
+    session) survives a stop for a moment (archiver.cancel.cleanup); what it could not
+    remove stays a pending writer in the ledger."""
+    with cancel.cleanup():
+        out.writer.abort()
 
 
 def _fan_out(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], data: bytes | None,
@@ -217,7 +238,7 @@ def _fan_out(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], data:
                 out.writer.write(piece)
         except (ArchiverError, OSError) as exc:
             res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
-            out.writer.abort()
+            _abort(out)
             del outs[name]
 
 
@@ -231,11 +252,11 @@ def _commit(p: StoreContext, job: Job, item: Item, out: _Out, head,
     except ConflictError as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: conflict: {exc}"
         p.ledger.event("conflict", str(exc), job_id=job.id, path=item.path, sink=out.sink)
-        out.writer.abort()
+        _abort(out)
         return None
     except (ArchiverError, OSError) as exc:
         res.errors[out.sink] = f"{_what(job, item)} sink {out.sink}: commit failed: {exc}"
-        out.writer.abort()
+        _abort(out)
         return None
     verified = stored.size == out.writer.written and (
         not stored.digests.get("sha256") or stored.digests["sha256"] == digests["sha256"])

@@ -56,6 +56,19 @@ def archiver_register_sinks(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def archiver_register_dispatchers(register: Callable[[type], None]) -> None:
+    """Register dispatcher classes by calling ``register(cls)``.
+
+    ``cls`` subclasses :class:`archiver.dispatch.Dispatcher`; ``name`` is the YAML
+    ``dispatch.mode`` it serves and also the top-level YAML section holding its options
+    (validated against ``cls.Config``). Registering must not import the dispatcher's
+    client library (``archiver --help`` stays fast): import it in ``start``.
+
+    All implementations run; return value ignored.
+    """
+
+
+@hookspec
 def archiver_register_commands(cli: "click.Group") -> None:
     """Add commands to the ``archiver`` command line, e.g. ``@cli.command()``.
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from .errors import PluginError
 
-KINDS = ("source", "transform", "sink")
+KINDS = ("source", "transform", "sink", "dispatcher")
 
 
 @dataclass
@@ -47,4 +47,6 @@ class Registry:
 INSTALL_HINTS = {
     ("sink", "s3"): "pip install -e plugins/archiver-s3  (distribution 'archiver-s3')",
     ("sink", "gcs"): "pip install -e plugins/archiver-gcs  (distribution 'archiver-gcs')",
+    ("dispatcher", "celery"): "pip install -e plugins/archiver-celery  (distribution "
+                              "'archiver-celery')",
 }

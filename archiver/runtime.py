@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import keys as keymod
+from .cancel import Canceller
 from .fanout import Item, StoreContext
 from .progress import ENV as PROGRESS_ENV
 from .retry import RetryPolicy
@@ -56,7 +57,10 @@ class Runtime:
     """Components, ledger and plugins of one config, and the stop flags of this process.
 
     ``stop``: abort in-flight writers now. ``draining``: start nothing new; objects being
-    written finish (graceful shutdown, first step).
+    written finish (graceful shutdown, first step). ``cancel``: the
+    :class:`~archiver.cancel.Canceller` that :meth:`request_stop` fires, cutting the
+    sockets of in-flight downloads and uploads (a thread blocked in the network checks
+    no flag).
     """
 
     def __init__(self, loaded: LoadedConfig, plugins: Plugins, ledger: Ledger, *,
@@ -66,6 +70,7 @@ class Runtime:
         self.plugins, self.ledger = plugins, ledger
         self.stop = threading.Event()
         self.draining = threading.Event()
+        self.cancel = Canceller()
         self.policy = RetryPolicy(retries=self.settings.artifact_attempts - 1)
         self.on_progress = on_progress or _no_progress
         self.owns_ledger = False  # True when opened by open(): close() closes it too
@@ -132,8 +137,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
+        """Abort now: flags for the loops, and the in-flight I/O's sockets cut."""
         self.draining.set()
         self.stop.set()
+        if threading.current_thread() is threading.main_thread():
+            # Possibly a signal handler, which may have interrupted a thread holding the
+            # canceller's lock: cut from another thread, so the handler never waits.
+            threading.Thread(target=self.cancel.cancel, name="archiver-cancel",
+                             daemon=True).start()
+        else:
+            self.cancel.cancel()
 
     def request_drain(self) -> None:
         """Graceful shutdown, first step: objects being written finish, nothing new starts
@@ -165,7 +178,8 @@ class Runtime:
         return StoreContext(self.source, self.sinks, self.common, self.per_sink, self.ledger,
                             self.policy, stopped=halt, draining=self.draining.is_set,
                             owner=self.worker_id, wait=stop.wait,
-                            on_bytes=self._on_bytes if self.shows_progress else None)
+                            on_bytes=self._on_bytes if self.shows_progress else None,
+                            canceller=self.cancel)
 
     @property
     def shows_progress(self) -> bool:

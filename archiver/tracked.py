@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 
+from .cancel import Cancelled, cancelled
 from .components import Sink
 from .model import StoredObject
 
@@ -87,7 +88,11 @@ class TrackedWriter:
         """Best effort: if the sink's abort fails, the pending record lets cleanup retry."""
         try:
             self.writer.abort()
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, Cancelled) or cancelled():  # a stop cut the cleanup short
+                log.warning("sink %s: abort of %s cut short by the stop; the pending "
+                            "record lets the next start finish it", self.sink.label, self.key)
+                return
             log.exception("sink %s: abort of %s failed", self.sink.label, self.key)
             return
         self._forget()

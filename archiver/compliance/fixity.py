@@ -17,7 +17,8 @@ What is found, each naming the sink, the job and the object or tag file:
   the configured retention (``Sink.retention``) counted from when it was stored; or a
   hold was removed;
 * ``unreachable`` / ``unchecked``: the sink could not be read; the rest of it is listed as
-  not checked. Nothing is ever repaired.
+  not checked. Nothing is ever repaired here (``archiver repair``,
+  :mod:`archiver.compliance.repair`, runs this audit and restores what it names).
 
 Sampling (``--sample PERCENT`` or ``--bytes BUDGET``) picks the copies checked least
 recently (never-checked first), so repeated sampled runs cover everything in turn, as
@@ -74,6 +75,8 @@ class Finding:
     job_id: str
     where: str
     detail: str
+    key: str | None = None    # the sink key of the object or tag file, where there is one
+    path: str | None = None   # the object's ledger path (payload findings)
 
     def __str__(self) -> str:
         return (f"{self.kind.upper()} sink {self.sink} job {self.job_id}: {self.where}: "
@@ -130,16 +133,19 @@ class Auditor:
 
     on_progress = None
 
-    def __init__(self, ledger, sinks: dict[str, Sink]):
+    def __init__(self, ledger, sinks: dict[str, Sink], *, record: bool = True):
         self.ledger, self.sinks = ledger, sinks
+        self.record = record  # False: a dry run (``repair --dry-run``) writes no ledger row
         self.report = FixityReport()
         self._down: dict[str, str] = {}
         self._done: set[tuple[str, str, str]] = set()  # (job_id, path, sink) checked
 
     def run(self, sink_names: list[str] | None = None, *, sample: float | None = None,
-            budget: int | None = None, since: float | None = None) -> FixityReport:
+            budget: int | None = None, since: float | None = None,
+            jobs: list[str] | None = None) -> FixityReport:
         names = sink_names or list(self.sinks)
-        rows = [r for r in self.ledger.copy_rows(since=since) if r.sink in names]
+        rows = [r for r in self.ledger.copy_rows(since=since) if r.sink in names
+                and (not jobs or r.job_id in jobs)]
         self.report.objects = len(rows)
         groups: dict[tuple[str, str], list[CopyRow]] = defaultdict(list)
         picked = select(rows, sample, budget)
@@ -155,6 +161,8 @@ class Auditor:
                 self._job(self.sinks[name], job_id, chosen)
             except _Unreachable:
                 self._unchecked(name, job_id, [r for r in chosen if _ident(r) not in self._done])
+        if not self.record:
+            return self.report
         self.ledger.event("verify", f"fixity audit: {self.report.checked} object(s) checked, "
                                     f"{len(self.report.findings)} problem(s)",
                           data={"sinks": names, "checked": self.report.checked,
@@ -163,8 +171,9 @@ class Auditor:
         return self.report
 
     # ------------------------------------------------------------------ helpers
-    def _find(self, kind: str, sink: Sink, job_id: str, where: str, detail: str) -> None:
-        finding = Finding(kind, sink.label, job_id, where, detail)
+    def _find(self, kind: str, sink: Sink, job_id: str, where: str, detail: str,
+              key: str | None = None, path: str | None = None) -> None:
+        finding = Finding(kind, sink.label, job_id, where, detail, key, path)
         log.info("%s", finding)
         self.report.findings.append(finding)
 
@@ -210,7 +219,8 @@ class Auditor:
         if raw is None:
             if recorded:
                 self._find("tag", sink, job_id, sink.describe(tag_key(root, top)),
-                           "missing: the ledger recorded this bag as complete")
+                           "missing: the ledger recorded this bag as complete",
+                           tag_key(root, top))
             else:
                 return None
         listed: dict[str, str] = {}
@@ -229,13 +239,14 @@ class Auditor:
             data = self._read(sink, job_id, tag_key(root, name))
             where = sink.describe(tag_key(root, name))
             if data is None:
-                self._find("tag", sink, job_id, where, "missing tag file")
+                self._find("tag", sink, job_id, where, "missing tag file", tag_key(root, name))
                 continue
             contents[name] = data
             actual = hashlib.sha256(data).hexdigest()
             if name in listed and listed[name] != actual:
                 self._find("tag", sink, job_id, where, f"altered: sha256 {actual}, "
-                                                       f"{top} says {listed[name]}")
+                                                       f"{top} says {listed[name]}",
+                           tag_key(root, name))
             elif name not in listed and not name.startswith("tagmanifest-"):
                 self._find("tag", sink, job_id, where, f"not listed in {top}")
         for name, rec in recorded.items():
@@ -244,7 +255,7 @@ class Auditor:
                 if rec.digests.get("sha256") not in (None, actual):
                     self._find("tag", sink, job_id, sink.describe(rec.key),
                                f"altered since it was written: sha256 {actual}, the ledger "
-                               f"recorded {rec.digests['sha256']}")
+                               f"recorded {rec.digests['sha256']}", rec.key)
         bag = _Bag()
         for name, data in contents.items():
             if name.startswith("manifest-") and name.endswith(".txt"):
@@ -315,9 +326,8 @@ class Auditor:
                 self._down_now(sink, job_id, where, exc2)
             kind, detail = (("unreadable", f"exists but cannot be read: {exc}") if exists
                             else ("missing", "the object is gone"))
-            self._find(kind, sink, job_id, where, detail)
-            self.ledger.record_fixity(job_id, row.path, sink.label, False, kind,
-                                      {"key": key})
+            self._find(kind, sink, job_id, where, detail, key, row.path)
+            self._fixity(row, False, kind, {"key": key})
             self.report.checked += 1
             return
         self.report.checked += 1
@@ -334,15 +344,18 @@ class Auditor:
             if alg != "sha256" and listed is not None and listed != digests.get(alg):
                 problems.append(f"{alg} {digests.get(alg)}, {manifest_name(alg)} says {listed}")
         if problems:
-            self._find("altered", sink, job_id, where, "; ".join(problems))
+            self._find("altered", sink, job_id, where, "; ".join(problems), key, row.path)
         short, current = self._retention(sink, row, where, recorded)
         data = {"key": key, "size": size, "sha256": digests["sha256"],
                 "expected_sha256": expected}
         if current is not None:
             data["retention"] = current
-        self.ledger.record_fixity(job_id, row.path, sink.label, not problems and not short,
-                                  "altered" if problems else "retention" if short else "ok",
-                                  data)
+        self._fixity(row, not problems and not short,
+                     "altered" if problems else "retention" if short else "ok", data)
+
+    def _fixity(self, row: CopyRow, ok: bool, outcome: str, data: dict[str, Any]) -> None:
+        if self.record:
+            self.ledger.record_fixity(row.job_id, row.path, row.sink, ok, outcome, data)
 
     # ------------------------------------------------------------------ retention
     def _recorded_retention(self, job_id: str, sink: str) -> dict[str, dict[str, Any]]:

@@ -4,10 +4,13 @@
 * ``archiver audit verify``: the hash chain of the ledger's audit log and of every
   exported ``audit.jsonl``;
 * ``archiver replicate``: copy archived jobs (payload and bag) from one sink to another,
-  without the Plangrep API.
+  without the Plangrep API;
+* ``archiver repair``: restore what ``verify`` finds altered or missing, from another sink
+  or the API.
 
-Exit codes: 0 all good; 1 a problem was found (tampering, conflict); 2 bad configuration
-or usage; 3 a sink could not be read or written. BagIt writing itself is done by the
+Exit codes: 0 all good; 1 a problem was found (tampering, conflict) or remains after
+repair; 2 bad configuration or usage; 3 a sink could not be read or written; 5 (repair)
+a ``--job`` the ledger does not know. BagIt writing itself is done by the
 pipeline (``archiver.compliance.bagit``), and ``run --dry-run`` by the core CLI.
 """
 
@@ -26,16 +29,24 @@ from ..hookspecs import hookimpl
 
 
 @contextmanager
-def _opened(config_file: str):
-    """(loaded config, ledger, sinks by name); everything closed afterwards."""
+def _runtime(config_file: str):
+    """The runtime, closed afterwards."""
     from ..commands import open_runtime
-    # These commands never call the Plangrep API: an unset ${PLANGREP_API_KEY} is fine.
+    # These commands need the Plangrep API at most for repair: an unset
+    # ${PLANGREP_API_KEY} is fine (repair then names the API as refusing).
     # They read what was archived: a missing ledger is the wrong directory, not a new one.
     rt = open_runtime(config_file, require_env=False, create=False)
     try:
-        yield rt.loaded, rt.ledger, rt.sinks
+        yield rt
     finally:
         rt.close()
+
+
+@contextmanager
+def _opened(config_file: str):
+    """(loaded config, ledger, sinks by name); everything closed afterwards."""
+    with _runtime(config_file) as rt:
+        yield rt.loaded, rt.ledger, rt.sinks
 
 
 def _usage(message: str) -> None:
@@ -191,7 +202,58 @@ def replicate(config_file, src, dst, job_ids, as_json) -> None:
     sys.exit(report.exit_code)
 
 
+@click.command(epilog=examples(
+    "archiver repair --dry-run                # what would be restored, from where",
+    "archiver repair --sink offsite",
+    "archiver repair --job job_123 --json"))
+@config_option
+@click.option("--sink", "sink_names", multiple=True, help="Only repair this sink (repeatable);"
+              " every sink may serve as a source.")
+@click.option("--job", "job_ids", multiple=True, help="Only this job (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Report what would be restored and from where;"
+              " write nothing.")
+@json_option
+def repair(config_file, sink_names, job_ids, dry_run, as_json) -> None:
+    """Restore objects verify finds altered or missing, from another sink or the API."""
+    from ..commands import EXIT_UNKNOWN_JOB
+    from ..compliance.repair import Repairer
+    from ..progress import Progress
+    with _runtime(config_file) as rt:
+        _known(rt.sinks, sink_names, "--sink")
+        known = {r.job_id for r in rt.ledger.job_rows()}
+        for job_id in job_ids:
+            if job_id not in known:
+                click.echo(f"error: --job {job_id}: no job of that id in the ledger", err=True)
+                sys.exit(EXIT_UNKNOWN_JOB)
+        repairer = Repairer(rt, dry_run=dry_run)
+        progress = Progress(show_progress(as_json), "checking")
+        repairer.on_progress = progress.callback
+        with progress:
+            report = repairer.run(list(sink_names) or None, list(job_ids) or None)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        sys.exit(report.exit_code)
+    for item in report.repairs:
+        click.echo(str(item), err=item.outcome == "not repaired")
+    for finding in report.remaining:
+        click.echo(f"{finding} (not repaired)", err=True)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    done = sum(r.outcome == "repaired" for r in report.repairs)
+    if not report.repairs and not report.remaining:
+        click.echo("nothing to repair: every object checked is as the ledger recorded")
+    elif dry_run:
+        would = sum(r.outcome == "would repair" for r in report.repairs)
+        click.echo(f"dry run: {would} of {len(report.repairs)} object(s) would be repaired; "
+                   "nothing was written")
+    else:
+        left = len(report.repairs) - done + len(report.remaining)
+        click.echo(f"repaired {done} of {len(report.repairs)} object(s)"
+                   + (f"; {left} problem(s) remain" if left else "; verify now passes"))
+    sys.exit(report.exit_code)
+
+
 @hookimpl
 def archiver_register_commands(cli) -> None:
-    for command in (verify, audit_group, replicate):
+    for command in (verify, audit_group, replicate, repair):
         cli.add_command(command)

@@ -16,6 +16,11 @@ or its commit, after the core recorded the path in the ledger as the writer's pe
 token. A temporary file is forgotten by the ledger only once it is gone: an abort that
 cannot remove it (a directory made read-only or immutable) raises, the token stays, and
 the next run's recovery of dead writers removes the file with :meth:`LocalSink.discard`.
+
+Repair (``archiver repair``, :meth:`LocalSink.open_repair_writer`) is the one writer that
+may take a key holding other bytes: it moves the damaged file aside, never deletes it, to
+``<root>/%%quarantine/<UTC time>-<6 hex>/<key>`` and then publishes the good bytes as any
+writer does. ``%%`` keeps that directory apart from every key (see above).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ _INSIDE_CACHE = 4096  # directories remembered as resolving inside the root
 _TEMP_BASE_BYTES = 200  # keeps temporary names well below NAME_MAX (255 bytes)
 # errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+QUARANTINE = "%%quarantine"  # below the root: damaged files moved aside by repair
 
 
 def _temp_name(base: str) -> str:
@@ -222,6 +228,16 @@ class LocalSink(Sink):
     # ------------------------------------------------------------------ Sink API
     def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
         return _LocalWriter(self, key, self._path(key))
+
+    def open_repair_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
+        """For ``archiver repair`` only: at commit a damaged file at the key is moved to
+        the quarantine directory (module docstring) before the good bytes take its place."""
+        return _LocalRepairWriter(self, key, self._path(key))
+
+    def quarantine_path(self, key: str) -> str:
+        """Where a damaged file at ``key`` is kept when repair replaces it (new each call)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        return os.path.join(self.root, QUARANTINE, stamp, *key.split("/"))
 
     def stat(self, key: str) -> StoredObject | None:
         path = self._path(key)
@@ -499,6 +515,37 @@ class _LocalWriter(Writer):
         except OSError as exc:
             raise SinkError(f"sink {self._sink.label!r}: cannot remove temporary file "
                             f"{self.pending} of key {self.key!r}: {exc.strerror}") from exc
+
+
+class _LocalRepairWriter(_LocalWriter):
+    """A writer that replaces a damaged file: the file is renamed into the quarantine
+    (atomic, keeps its bytes and mode), then the temporary file is linked at the key as
+    usual; a file that appeared at the key in between is compared again (same bytes: it
+    is kept, other bytes: ConflictError), never replaced."""
+
+    replaced: str | None = None
+
+    def _publish(self, sha256: str) -> tuple[bool, int]:
+        try:
+            return super()._publish(sha256)
+        except ConflictError:
+            if os.path.isdir(self._path):
+                raise  # a directory at the key is not a damaged object
+        aside = self._sink.quarantine_path(self.key)
+        created = _makedirs(os.path.dirname(aside))
+        os.rename(self._path, aside)
+        self.replaced = aside
+        if self._sink.config.fsync:
+            _fsync_dir(os.path.dirname(aside))
+            for directory in created:
+                _fsync_dir(os.path.dirname(directory))
+        return super()._publish(sha256)
+
+    def commit(self, digests: dict[str, str]) -> StoredObject:
+        stored = super().commit(digests)
+        if self.replaced:
+            stored.extra["replaced"] = {"kept_at": self.replaced}
+        return stored
 
 
 @hookimpl

@@ -4,6 +4,10 @@ One pooled :class:`requests.Session` serves every thread. Every request has a co
 timeout and an idle-read timeout (``timeout=(connect_timeout, read_timeout)``: the read
 timeout bounds the silence between two bytes, not the whole transfer).
 
+With ``rate_limit:`` configured, every request first takes a token of the fleet API
+budget (:meth:`PlangrepSource.use_budget`, :mod:`archiver.budget`), and a 429 with
+``Retry-After`` pauses the whole fleet.
+
 Retries (:class:`archiver.retry.RetryPolicy`, full-jitter exponential backoff) cover
 connection errors, 5xx, 408 and 429, honouring ``Retry-After``, for every request up to
 its response headers and, for JSON endpoints, its body. urllib3's own retries are off so
@@ -39,9 +43,9 @@ from urllib.parse import quote, urlencode
 
 import requests
 from pydantic import Field, SecretStr, field_validator
-from requests.adapters import HTTPAdapter
 
 from .. import __version__
+from ..cancel import cancellable_adapter
 from ..components import ComponentConfig, Download, Source
 from ..errors import AuthError, SourceError
 from ..hookspecs import hookimpl
@@ -122,7 +126,9 @@ class PlangrepSource(Source):
         self.pool_size = pool_size or config.pool_size
         session = Session()
         # max_retries=0: urllib3 must not retry behind our back (Retry-After, counting).
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool_size, max_retries=0)
+        # Cancellable: a stop cuts a download blocked in the socket (archiver.cancel).
+        adapter = cancellable_adapter(pool_connections=4, pool_maxsize=self.pool_size,
+                                      max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.auth = BearerAuth(config.api_key, self.base_url)
@@ -132,6 +138,7 @@ class PlangrepSource(Source):
         })
         self._session = session
         self._direct = DirectGetter(session, self.base_url, config.api_key, self._timeout)
+        self._budget: Any = None  # the fleet API budget (use_budget), None: no limit
 
     def __repr__(self) -> str:
         return (f"PlangrepSource(base_url={self.base_url!r}, projects={self.config.projects!r}, "
@@ -140,10 +147,18 @@ class PlangrepSource(Source):
     def close(self) -> None:
         self._session.close()
 
+    def use_budget(self, budget: Any) -> None:
+        """Every request first takes one token of ``budget`` (``rate_limit:``, see
+        :class:`archiver.budget.FleetBudget`); a 429 with ``Retry-After`` pauses it for the
+        whole fleet before the retry policy waits."""
+        self._budget = budget
+
     # ------------------------------------------------------------------ requests
 
     def _send(self, url: str, what: str, params: dict | None = None) -> requests.Response:
         """One attempt: the response with its body unread, or a classified SourceError."""
+        if self._budget is not None and not self._budget.acquire():
+            raise SourceError(f"{what}: not sent, archiver is stopping")
         try:
             if params is not None and self._direct.enabled:  # artifact GETs: see its module
                 resp = self._direct.get(f"{url}?{urlencode(params)}")
@@ -154,7 +169,10 @@ class PlangrepSource(Source):
             raise error_from_exception(exc, what, self._scrub) from None
         log.debug("GET %s -> %s", what, resp.status_code)
         if not 200 <= resp.status_code < 300 or resp.status_code == 206:
-            raise error_from_response(resp, what, self._origin, self._scrub)
+            error = error_from_response(resp, what, self._origin, self._scrub)
+            if error.status == 429 and error.retry_after and self._budget is not None:
+                self._budget.pause(error.retry_after)  # every worker waits, not only this one
+            raise error
         return resp
 
     def _get_bytes(self, route: str, what: str) -> bytes:

@@ -20,6 +20,7 @@ import requests
 import urllib3
 from pydantic import SecretStr
 
+from .. import cancel
 from ..components import Download
 from ..errors import AuthError, SourceError
 from ..model import Artifact
@@ -281,6 +282,9 @@ class PlangrepDownload(Download):
                 yield chunk
         except BODY_ERRORS as exc:
             self.close()
+            if cancel.cancelled():  # our own stop cut the socket: not a network problem
+                raise cancel.Cancelled(f"{self._what()}: stopped after {self.received} "
+                                       "bytes") from None
             raise SourceError(
                 f"{self._what()}: connection failed after {self.received}"
                 f"{f' of {size}' if size is not None else ''} bytes "
@@ -290,6 +294,9 @@ class PlangrepDownload(Download):
             raise
         if size is not None and self.received != size:
             self.close()
+            if cancel.cancelled():
+                raise cancel.Cancelled(f"{self._what()}: stopped after {self.received} "
+                                       "bytes")
             raise SourceError(f"{self._what()}: body ended after {self.received} of "
                               f"{size} bytes (Content-Length)", retryable=True)
 

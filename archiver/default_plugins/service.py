@@ -59,12 +59,19 @@ def _serve(rt, loaded, config_file: str, serve: bool, poll_interval: float | Non
             warn("serve.insecure_accept_unsigned is true: webhook deliveries are NOT "
                  "verified")
     n = workers if workers is not None else loaded.settings.workers
+    if n > 1 and loaded.dispatcher is not None:
+        click.echo(f"error: {config_file}: --workers/workers: {n} runs local worker "
+                   f"processes, but dispatch.mode is {loaded.settings.dispatch.mode!r}: its "
+                   "workers archive the jobs; drop one of the two", err=True)
+        return 2
     service = Service(rt, serve=serve, poll_interval=poll_interval, workers=n,
                       config_file=config_file)
 
     def started(svc: Service) -> None:
         what = f"serving webhooks on {svc.url}{svc.serve_settings.path}" if serve else "watching"
         with_workers = f", {n} worker processes" if n > 1 else ""
+        if svc.dispatcher is not None:
+            with_workers = f", dispatching to {svc.dispatcher!r}"
         line = f"{what}; polling every {svc.watcher.interval:g}s{with_workers}"
         if log_format() == "json":  # one JSON object per line on stderr, nothing else
             logging.getLogger("archiver.service").info(line, extra={"event": "started"})

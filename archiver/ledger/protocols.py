@@ -195,6 +195,65 @@ class RunLedger(Protocol):
         ``worker_id`` did not own it."""
         ...
 
+    # -- the queue, for a dispatcher and for workers fed by a broker (schema 3)
+    def dispatchable(self, limit: int) -> list[tuple[str, str | None]]:
+        """``(job_id, expires_at)`` of the jobs a worker could claim right now, by the rules
+        of :meth:`claim_next` (state queued or incomplete, not parked, no live lease,
+        backoff passed; SQLite: a holder whose pid is gone on this host holds nothing),
+        soonest expiry first (no expiry last, then by job id); at most ``limit``. A read:
+        nothing is claimed, so two dispatchers may list the same job (``claim`` decides)."""
+        ...
+
+    def queued_job(self, job_id: str) -> Job | None:
+        """The job as the ledger holds it (project, status and the raw job object as
+        ``enqueue``/``claim``/``record_job`` stored it), for a worker that got only the id
+        from a broker; None when the ledger does not know the job."""
+        ...
+
+    def queue_stats(self) -> dict[str, Any]:
+        """The queue in numbers: ``queued`` (jobs in a claimable state, not parked, not
+        under a live lease; in backoff or not), ``leased`` (jobs under a live lease),
+        ``parked``, ``oldest_queued_seconds`` (age since ``first_seen`` of the oldest job
+        counted in ``queued``, None when there is none) and ``claims_total`` (the sum of
+        ``attempts`` over all jobs: every successful claim ever)."""
+        ...
+
+    # -- fleet coordination: named leases and shared token buckets (schema 3)
+    def take_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the named lease ``name`` for ``ttl`` seconds (the dispatcher's
+        leader lease): True when ``owner`` holds it after the call (newly taken, renewed
+        by the same owner, or taken over because the previous holder's lease ran out);
+        False while another owner holds a live one. Atomic across processes and hosts
+        (one statement; "now" is the backend's lease clock: the host's for SQLite, the
+        database's for PostgreSQL). Not inside ``batch()``."""
+        ...
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Release the named lease if ``owner`` holds it (a graceful stop); otherwise
+        nothing happens."""
+        ...
+
+    def lease_holder(self, name: str) -> tuple[str, float] | None:
+        """``(owner, seconds left)`` of the named lease while it is live, else None."""
+        ...
+
+    def take_tokens(self, name: str, want: int, rate: float,
+                    burst: float) -> tuple[int, float]:
+        """Take up to ``want`` whole tokens from the token bucket ``name``, shared by every
+        process on the ledger (the fleet API budget, :mod:`archiver.budget`). In one
+        transaction, the bucket's row locked: it refills at ``rate`` tokens/s (> 0) up to
+        ``burst`` (>= 1; a new bucket starts full) and grants what it holds. Returns
+        ``(granted, wait)``: ``wait`` is 0 when all ``want`` were granted, else the seconds
+        until asking again makes sense; while the bucket is paused (:meth:`pause_tokens`),
+        ``granted`` is 0 and ``wait`` the time left of the pause. Not inside ``batch()``."""
+        ...
+
+    def pause_tokens(self, name: str, seconds: float) -> None:
+        """A fleet-wide pause of bucket ``name`` (a 429 ``Retry-After``): ``paused_until``
+        becomes ``max(paused_until, now + seconds)`` and the bucket is emptied; it refills
+        from the end of the pause, so nobody bursts right after it."""
+        ...
+
 
 @runtime_checkable
 class ComplianceLedger(Protocol):
@@ -270,7 +329,12 @@ class ReportLedger(Protocol):
     def list_pending(self) -> list[PendingRow]: ...
 
     def workers(self) -> list[WorkerRow]:
-        """Registered workers, their last heartbeat and the jobs they own."""
+        """Registered workers, their last heartbeat and the jobs they own (``leases``:
+        each job with its ``lease_until``)."""
+        ...
+
+    def queue_stats(self) -> dict[str, Any]:
+        """See :meth:`RunLedger.queue_stats` (metrics read it at every scrape)."""
         ...
 
     def schema_info(self) -> dict[str, Any]:

@@ -31,7 +31,8 @@ WRITE_METHODS = frozenset({
     "batch", "record_job", "record_artifact", "record_copy", "add_pending", "update_pending",
     "remove_pending", "event", "record_bag_file", "record_fixity", "register_worker",
     "unregister_worker", "heartbeat", "claim", "claim_next", "enqueue", "finish_job",
-    "release", "forget_dead_workers", "expire_worker"})
+    "release", "forget_dead_workers", "expire_worker", "take_lease", "drop_lease",
+    "take_tokens", "pause_tokens"})
 
 
 def connect_readonly(path: str | Path) -> sqlite3.Connection:

@@ -161,7 +161,8 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class WorkerRow:
-    """A registered worker, its last heartbeat and the jobs it holds leases on."""
+    """A registered worker, its last heartbeat and the jobs it holds leases on (``jobs``:
+    their ids; ``leases``: ``(job id, lease_until)`` of each, in the same order)."""
 
     worker_id: str
     host: str | None
@@ -169,6 +170,7 @@ class WorkerRow:
     started: float | None
     heartbeat_at: float | None
     jobs: tuple[str, ...] = ()
+    leases: tuple[tuple[str, float | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

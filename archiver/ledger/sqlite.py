@@ -32,6 +32,7 @@ from ..model import Job, StoredObject
 from . import migrations
 from .auditchain import AuditChain
 from .chainrules import retention_facts
+from .coordination import Coordination
 from .facts import expires_ts, job_facts
 from .groupcommit import GroupCommitter
 from .readonly import connect_readonly
@@ -41,7 +42,7 @@ from .sqlite_sql import ADD_EVENT, PUT_ARTIFACT, PUT_COPY, PUT_FIXITY, UPSERT_JO
 from .states import ARCHIVED
 
 
-class SQLiteLedger(SQLiteClaims, SQLiteReads):
+class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
     """The SQLite ledger. Thread-safe: one connection guarded by a lock (writes are tiny).
 
     ``create=False`` refuses a missing file (:class:`~archiver.errors.LedgerMissing`)."""

@@ -1,6 +1,7 @@
 """Claims, leases and workers on the SQLite ledger (schema 2).
 
-Every method runs in one ``BEGIN IMMEDIATE`` transaction, so claimers in all processes
+Every method (and those of :mod:`archiver.ledger.coordination`, over ``_wq`` and
+``_tx_now`` below) runs in one ``BEGIN IMMEDIATE`` transaction, so claimers in all processes
 sharing the file are serialised and read the lease columns they then write: no two
 workers can hold one job. The rules (free lease, lost leases, parking) are
 :func:`archiver.ledger.claims.decide`; "now" is the host clock. Method contracts are on
@@ -241,6 +242,14 @@ class SQLiteClaims:
                                data=job_facts(job, state, error))
 
         self._write(work)
+
+    # ------------------------------------------------------------------ coordination hooks
+    # (named leases and budgets: archiver.ledger.coordination, run by the writer thread)
+    def _wq(self, sql: str, args: tuple = ()) -> Any:
+        return self._db.execute(sql, args)
+
+    def _tx_now(self) -> float:
+        return time.time()
 
     def release(self, job_id: str, worker_id: str) -> bool:
         def work() -> bool:

@@ -8,14 +8,22 @@ plugin) reuses these reads by translating placeholders there and overriding only
 queries that differ. ``_claims_schema`` tells whether the file has the columns of
 schema 2 (claims and leases): a read-only handle may look at a version-1 ledger it must
 not upgrade, and then reads what is there (no owners, no workers).
+
+Reads that compare with "now" (named leases, the dispatchable queue) take it from
+``_clock()`` (the host's; PostgreSQL's is the database's), and the SQLite rule that a
+holder whose pid is gone on this host has no live lease comes from ``_dead_owners(now)``
+(PostgreSQL never judges a holder by its pid: none).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from ..model import Job
 
 from .rows import (
     AuditRow,
@@ -30,7 +38,8 @@ from .rows import (
     WorkerRow,
     pid_alive,
 )
-from .states import INCOMPLETE, LOST, QUEUED, WAITING
+from .sqlite_claims import holder_dead
+from .states import CLAIMABLE, INCOMPLETE, LOST, QUEUED, WAITING
 
 _JOB_COLS = ("job_id, project_id, status, state, expires_at, error, first_seen, updated,"
              " archived_at")
@@ -57,6 +66,16 @@ class SQLiteReads:
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         """A read, SQL written with ``?`` placeholders (SQLite's own: passed as it is)."""
         return self._exec(sql, args)
+
+    def _clock(self) -> float:
+        """"Now" for the reads that compare with it: the host clock (SQLite's lease clock)."""
+        return time.time()
+
+    def _dead_owners(self, now: float) -> list[str]:
+        """Holders of live job leases known dead: workers of this host whose pid is gone
+        (SQLite ledgers are shared on one host; ``claim_next`` takes their jobs at once)."""
+        return [o for (o,) in self._read("SELECT DISTINCT owner FROM jobs WHERE owner IS NOT"
+                                          " NULL AND lease_until >= ?", (now,)) if holder_dead(o)]
 
     def _one(self, sql: str, args: Iterable[Any] = (), default: Any = 0) -> Any:
         rows = self._read(sql, args)
@@ -181,13 +200,16 @@ class SQLiteReads:
     def workers(self) -> list[WorkerRow]:
         if not self._claims_schema:
             return []
-        held: dict[str, list[str]] = {}
-        for owner, job_id in self._read("SELECT owner, job_id FROM jobs WHERE owner IS NOT NULL"
-                                        " ORDER BY job_id"):
-            held.setdefault(owner, []).append(job_id)
-        return [WorkerRow(*r, tuple(held.get(r[0], ()))) for r in self._read(
-            "SELECT worker_id, host, pid, started, heartbeat_at FROM workers"
-            " ORDER BY worker_id")]
+        held: dict[str, list[tuple[str, float | None]]] = {}
+        for owner, job_id, until in self._read("SELECT owner, job_id, lease_until FROM jobs"
+                                               " WHERE owner IS NOT NULL ORDER BY job_id"):
+            held.setdefault(owner, []).append((job_id, until))
+        out = []
+        for r in self._read("SELECT worker_id, host, pid, started, heartbeat_at FROM workers"
+                            " ORDER BY worker_id"):
+            leases = tuple(held.get(r[0], ()))
+            out.append(WorkerRow(*r, tuple(j for j, _ in leases), leases))
+        return out
 
     def lease_rows(self, job_ids: Iterable[str]) -> list[LeaseRow]:
         ids = list(dict.fromkeys(job_ids))
@@ -241,3 +263,65 @@ class SQLiteReads:
                 for r in self._read("SELECT path, kind, key, filename, size, state, error FROM"
                                     " artifacts WHERE job_id=? ORDER BY path", (job_id,))]
         return {"artifacts": arts, "copies": out}
+
+    # -- the queue and fleet coordination (see RunLedger / ReportLedger)
+    def _free_lease(self, now: float) -> tuple[str, list[Any]]:
+        """SQL (and its args) of "this job's lease is free": nobody holds it, it ran out,
+        or its holder is known dead."""
+        dead = self._dead_owners(now)
+        sql = "(owner IS NULL OR lease_until IS NULL OR lease_until < ?"
+        if dead:
+            sql += f" OR owner IN ({','.join('?' * len(dead))})"
+        return sql + ")", [now, *dead]
+
+    def dispatchable(self, limit: int) -> list[tuple[str, str | None]]:
+        if not self._claims_schema or limit <= 0:
+            return []
+        now = self._clock()
+        free, args = self._free_lease(now)
+        return [(r[0], r[1]) for r in self._read(
+            f"SELECT job_id, expires_at FROM jobs WHERE state IN ({','.join('?' * len(CLAIMABLE))})"
+            f" AND parked = ? AND {free} AND (not_before IS NULL OR not_before <= ?)"
+            " ORDER BY expires_ts IS NULL, expires_ts, job_id LIMIT ?",
+            (*CLAIMABLE, False, *args, now, int(limit)))]
+
+    def queued_job(self, job_id: str) -> Job | None:
+        rows = self._read("SELECT job_id, project_id, status, raw FROM jobs WHERE job_id = ?",
+                          (job_id,))
+        if not rows:
+            return None
+        raw = _json(rows[0][3], {})
+        return Job(rows[0][0], rows[0][1] or "", rows[0][2] or "",
+                   raw if isinstance(raw, dict) else {})
+
+    def queue_stats(self) -> dict[str, Any]:
+        states = f"state IN ({','.join('?' * len(CLAIMABLE))})"
+        if not self._claims_schema:  # version 1 (read-only): no leases, no parking yet
+            n, first = self._read(f"SELECT COUNT(*), MIN(first_seen) FROM jobs WHERE {states}",
+                                  CLAIMABLE)[0]
+            return {"queued": n or 0, "leased": 0, "parked": 0, "claims_total": 0,
+                    "oldest_queued_seconds": None if first is None
+                    else max(0.0, time.time() - first)}
+        now = self._clock()
+        free, args = self._free_lease(now)
+        waiting = f"{states} AND parked = ? AND {free}"
+        queued, leased, parked, first, claims = self._read(
+            f"SELECT SUM(CASE WHEN {waiting} THEN 1 ELSE 0 END),"
+            f" SUM(CASE WHEN owner IS NOT NULL AND NOT {free} THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN parked = ? THEN 1 ELSE 0 END),"
+            f" MIN(CASE WHEN {waiting} THEN first_seen END), SUM(attempts) FROM jobs",
+            (*CLAIMABLE, False, *args, *args, True, *CLAIMABLE, False, *args))[0]
+        # first_seen is a writer's clock (the host's): its age is measured on this host
+        return {"queued": int(queued or 0), "leased": int(leased or 0),
+                "parked": int(parked or 0), "claims_total": int(claims or 0),
+                "oldest_queued_seconds": None if first is None
+                else max(0.0, time.time() - first)}
+
+    def lease_holder(self, name: str) -> tuple[str, float] | None:
+        if not self._claims_schema:
+            return None
+        rows = self._read("SELECT owner, lease_until FROM leases WHERE name = ?", (name,))
+        if not rows or rows[0][1] is None:
+            return None
+        left = rows[0][1] - self._clock()
+        return (rows[0][0], left) if left >= 0 else None

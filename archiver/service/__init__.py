@@ -65,8 +65,20 @@ class Service:
                                           queue=self.queue)
             rt.plugins.pm.register(self.metrics, name=f"archiver-service-metrics-{id(self):x}")
             self.receiver = WebhookReceiver(s, self.queue, on_verdict=self.metrics.verdict)
-        self.executor = self.pool = None
-        if workers > 1:
+        self.executor = self.pool = self.dispatcher = None
+        if rt.loaded.dispatcher is not None:
+            # dispatch.mode names a plugin's dispatcher: this process only lists, triages
+            # and queues; remote workers (Celery) claim from the ledger.
+            from ..workers.fleet import triage_and_enqueue
+
+            built = rt.loaded.dispatcher
+            self.dispatcher = built.cls(built.config)
+
+            def dispatch(jobs) -> RunReport:
+                report = RunReport()
+                triage_and_enqueue(rt, jobs, report)
+                return report
+        elif workers > 1:
             if config_file is None:
                 raise ValueError("worker processes need the config file they open")
             from ..workers.fleet import WorkerPool, triage_and_enqueue
@@ -121,6 +133,8 @@ class Service:
             self.executor.__enter__()
         if self.pool is not None:
             self.pool.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start(self.rt, self.rt.settings.dispatch)
         self._thread = threading.Thread(target=self._loop, name="archiver-watch", daemon=True)
         self._thread.start()
         return self
@@ -148,6 +162,8 @@ class Service:
         self.rt.request_drain()
         if self.pool is not None:
             self.pool.drain()
+        if self.dispatcher is not None:
+            self.dispatcher.drain()
         grace = self.watch_settings.grace_period
         self._timer = threading.Timer(grace, self._grace_over)
         self._timer.daemon = True
@@ -168,6 +184,8 @@ class Service:
         self.rt.request_stop()
         if self.pool is not None:
             self.pool.abort()
+        if self.dispatcher is not None:
+            self.dispatcher.abort()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the loop has ended."""
@@ -186,6 +204,8 @@ class Service:
             self.executor.__exit__(None, None, None)
         if self.pool is not None:
             self.pool.close(self.watch_settings.grace_period)
+        if self.dispatcher is not None:
+            self.dispatcher.close(self.watch_settings.grace_period)
         log.info("stopped (exit code %d)", self.watcher.exit_code,
                  extra={"event": "stopped", "exit_code": self.watcher.exit_code})
         return self.watcher.exit_code
@@ -202,6 +222,8 @@ class Service:
         if self.queue is not None:
             data["queue"] = len(self.queue)
             data["queue_size"] = self.queue.maxsize
+        if self.dispatcher is not None:
+            data["dispatch"] = self.dispatcher.stats()
         if w.fatal:
             data["error"] = w.fatal
         return status == "ok", data

@@ -34,12 +34,15 @@ class Faults:
     ``error_5xx_n`` hit any API request (before authentication), never the storage server.
     The body faults hit artifact GET bodies wherever they are served (the API, or the storage
     server when ``redirect_artifacts`` is set), optionally only for ``fault_paths``.
+    ``stall_mid_body_n``: send half the body, then nothing more until the emulator stops
+    (a peer that went silent with the connection open); ``stalled`` is set meanwhile.
     """
 
     rate_limit_n: int = 0
     rate_limit_retry_after: str | int | None = "1"  # None: 429 without Retry-After
     error_5xx_n: int = 0
     drop_mid_body_n: int = 0
+    stall_mid_body_n: int = 0
     wrong_length_n: int = 0
     slow_body: float = 0.0
     latency: float = 0.0
@@ -47,6 +50,8 @@ class Faults:
     chunked: bool = False
     fault_paths: set[str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    stalled: threading.Event = field(default_factory=threading.Event, repr=False,
+                                     compare=False)
 
     def take(self, name: str, path: str | None = None) -> bool:
         """Atomically consume one unit of counter ``name``; True if this response is hit."""
@@ -62,7 +67,9 @@ class Faults:
     def reset(self) -> None:
         with self._lock:
             for name, f in self.__dataclass_fields__.items():
-                if name != "_lock":
+                if name == "stalled":
+                    self.stalled.clear()
+                elif name != "_lock":
                     setattr(self, name, f.default)
 
 
@@ -194,6 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.server.emulator.faults
         length = art.served_length()
         drop = not head and faults.take("drop_mid_body_n", art.path)
+        stall = not head and not drop and faults.take("stall_mid_body_n", art.path)
         wrong = not head and not drop and faults.take("wrong_length_n", art.path)
         chunked = faults.chunked and not wrong
         headers = {"Content-Type": "application/octet-stream",
@@ -205,9 +213,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.start_response(200, headers)
         if head:
             return
-        if drop or wrong:
+        if drop or wrong or stall:
             self.close_connection = True
-        limit = length // 2 if drop else length
+        limit = length // 2 if drop or stall else length
         slow = faults.slow_body
         write, sent = self.wfile.write, 0
         for piece in art.iter_served(SLOW_CHUNK if slow > 0 else BLOCK):
@@ -225,6 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 write(piece)
             sent += len(piece)
+        if stall:
+            self.wfile.flush()
+            faults.stalled.set()
+            self.server.stopping.wait()  # silent, connection open, until the emulator stops
+            return
         if chunked and not drop:
             write(b"0\r\n\r\n")
 

@@ -15,6 +15,13 @@ fake-gcs-server, ...), request by request, keep-alive included. For each request
 * ``respond=b"HTTP/1.1 ..."``: answer with these raw bytes instead of forwarding (a
   provider that acknowledges a call and does nothing).
 * ``drop=True``: close the connection without forwarding or answering.
+* ``stall_after=N``: relay the first ``N`` bytes of the response, then send nothing more
+  and keep the connection open until the proxy closes (a peer gone silent mid-body).
+* ``stall_request_after=N``: read the request head and ``N`` bytes of its body (none of
+  it is forwarded), then stop reading, connection open, until the proxy closes (an
+  upload stalled mid-body: the client blocks in ``send``, or waits for an answer).
+
+``stalled`` is set whenever a stall began (the test knows the client is stuck now).
 
 The proxy itself answers ``Expect: 100-continue`` (``100 Continue``) and strips the header
 upstream, as proxies may; ``requests`` records every request head it saw (with whether
@@ -65,6 +72,8 @@ class Fault:
     after_continue: bool = False
     respond: bytes | None = None
     drop: bool = False
+    stall_after: int | None = None
+    stall_request_after: int | None = None
 
 
 class _Cut(Exception):
@@ -89,6 +98,7 @@ class FaultProxy:
         self.rule = rule
         self.requests: list[Request] = []
         self.applied: list[tuple[Request, Fault]] = []
+        self.stalled = threading.Event()
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
@@ -174,6 +184,12 @@ class FaultProxy:
                 if fault is not None:
                     with self._lock:
                         self.applied.append((req, fault))
+                if fault is not None and fault.stall_request_after is not None:
+                    _copy(cin, min(fault.stall_request_after,
+                                   int(req.headers.get("content-length") or 0)),
+                          lambda data: None)
+                    self._stall()
+                    return
                 if fault is not None and (fault.drop or fault.after_continue
                                           or fault.respond is not None):
                     if fault.after_continue:
@@ -192,7 +208,10 @@ class FaultProxy:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 upstream.sendall(_strip_expect(head))
                 _read_body(cin, req.headers, upstream.sendall)
-                out = _Budget(client, fault.close_after if fault else None)
+                if fault is not None and fault.stall_after is not None:
+                    out = _Budget(client, fault.stall_after, stall=self._stall)
+                else:
+                    out = _Budget(client, fault.close_after if fault else None)
                 keep = _relay_response(uin, out, req.method)
                 if not keep or req.headers.get("connection", "").lower() == "close":
                     return
@@ -204,6 +223,11 @@ class FaultProxy:
                     _hang_up(s)
                     with self._lock:
                         self._socks.discard(s)
+
+    def _stall(self) -> None:
+        """Hold the connection open and silent until the proxy closes."""
+        self.stalled.set()
+        self._closed.wait()
 
     def _request(self, head: bytes) -> Request:
         lines = head.decode("latin-1").split("\r\n")
@@ -220,10 +244,12 @@ class FaultProxy:
 
 
 class _Budget:
-    """Writes to the client until ``limit`` bytes were sent, then raises :class:`_Cut`."""
+    """Writes to the client until ``limit`` bytes were sent, then raises :class:`_Cut`
+    (after ``stall()``, which holds the connection, when given)."""
 
-    def __init__(self, sock: socket.socket, limit: int | None):
-        self.sock, self.left = sock, limit
+    def __init__(self, sock: socket.socket, limit: int | None,
+                 stall: Callable[[], None] | None = None):
+        self.sock, self.left, self.stall = sock, limit, stall
 
     def __call__(self, data: bytes) -> None:
         if self.left is None:
@@ -233,6 +259,8 @@ class _Budget:
             if self.left:
                 self.sock.sendall(data[:self.left])
             self.left = 0
+            if self.stall is not None:
+                self.stall()
             raise _Cut()
         self.sock.sendall(data)
         self.left -= len(data)

@@ -23,6 +23,10 @@ Handles made by ``reopen`` in a test are closed by the suite. The suite uses onl
 :class:`archiver.ledger.Ledger` protocols. Leases are made to run out with a negative
 TTL (``lease_until`` in the past), so no test waits for a clock.
 
+The fleet methods (``dispatchable``, ``queued_job``, ``queue_stats``, named leases, token
+buckets) are covered by :class:`~archiver.testing.ledger_contract_fleet.FleetContract`, a
+base of :class:`LedgerContract`.
+
 :func:`claim_worker` is the body of the multi-process test (spawned processes claiming
 with ``claim_next`` and finishing with ``finish_job`` on one ledger); a backend's test
 module runs it with ``multiprocessing`` (see ``tests/ledger/test_multiprocess_claims.py``).
@@ -59,6 +63,7 @@ from ..ledger import (
 )
 from ..ledger.chainrules import verify_chain
 from ..model import Job, StoredObject
+from .ledger_contract_fleet import FleetContract
 
 TTL, MAX_LOST = 60.0, 3
 
@@ -94,8 +99,9 @@ def stored(sink: str = "s", key: str = "k/a.bin", size: int = 5) -> StoredObject
                         provider_checksum={"etag": "e"}, extra={"read_only": True})
 
 
-class LedgerContract:
-    """Base class of a backend's contract tests (see the module docstring)."""
+class LedgerContract(FleetContract):
+    """Base class of a backend's contract tests (see the module docstring); the fleet
+    cases (queue, named leases, token buckets) are :class:`FleetContract`'s."""
 
     @pytest.fixture
     def ledger(self):

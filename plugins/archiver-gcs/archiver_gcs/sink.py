@@ -64,6 +64,21 @@ class GCSSink(Sink):
         meta.pop("sha256", None)  # ours, written at commit
         return GCSWriter(self, key, name, meta)
 
+    def open_repair_writer(self, key: str, metadata: dict[str, str] | None = None) -> GCSWriter:
+        """For ``archiver repair`` only: a writer whose upload becomes the live generation
+        of ``key``, the damaged one staying noncurrent (``repair.py``). A missing object
+        gets an ordinary writer; a bucket without versioning is refused (SinkError saying
+        what an operator can do)."""
+        from .repair import GCSRepairWriter, check_versioned
+        name = self.object_name(key)
+        damaged = self.gateway.get_blob(name)
+        if damaged is None:
+            return self.open_writer(key, metadata)
+        check_versioned(self, key)
+        meta = {**self.config.metadata, **(metadata or {})}
+        meta.pop("sha256", None)
+        return GCSRepairWriter(self, key, name, meta, damaged)
+
     # ------------------------------------------------------------------ reading
     def stat(self, key: str) -> StoredObject | None:
         blob = self.gateway.get_blob(self.object_name(key))

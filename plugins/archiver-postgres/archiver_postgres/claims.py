@@ -13,7 +13,9 @@ it (``expire_worker``). Method contracts are on
 exactly SQLite's (:mod:`archiver.ledger.sqlite_claims`).
 
 A mixin of :class:`~.ledger.PostgresLedger`: it uses its statement helper ``_q``, its
-audit buffer ``_audit`` and its write paths ``_write`` / ``_write_now``.
+audit buffer ``_audit`` and its write paths ``_write`` / ``_write_now``. It also gives the
+core's :class:`archiver.ledger.coordination.Coordination` (named leases, budgets: the same
+statements and rules as SQLite's) its hooks: ``_wq``, ``_tx_now`` and ``_lock_row``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ class PostgresClaims:
     _write: Any
     _write_now: Any
     _job_statement: Any
+
+    _lock_row = " FOR UPDATE"  # Coordination: the budget row is locked until commit
+
+    # ------------------------------------------------------------------ coordination hooks
+    def _wq(self, sql: str, args: tuple = ()) -> Any:
+        # Coordination's statements are written with "?" placeholders; psycopg takes "%s".
+        return self._q(sql.replace("?", "%s"), args)
+
+    def _tx_now(self) -> float:
+        return self._q(f"SELECT {NOW}").fetchone()[0]
 
     # ------------------------------------------------------------------ helpers
     def _lease_state(self, job_id: str) -> tuple[LeaseState, float] | None:

@@ -37,6 +37,7 @@ import psycopg
 from archiver.errors import LedgerError, LedgerMissing
 from archiver.ledger.auditchain import AuditChain
 from archiver.ledger.chainrules import retention_facts
+from archiver.ledger.coordination import Coordination
 from archiver.ledger.facts import expires_ts, job_facts
 from archiver.ledger.groupcommit import GroupCommitter
 from archiver.ledger.readonly import WRITE_METHODS
@@ -125,7 +126,7 @@ def _inspect(conns: Connections, *, migrate: bool = False) -> tuple[Any, str | N
     return state, name, applied
 
 
-class PostgresLedger(PostgresClaims, PostgresReads):
+class PostgresLedger(PostgresClaims, Coordination, PostgresReads):
     """The PostgreSQL ledger (see the module docstring). Thread-safe.
 
     ``url``: the ``postgresql://`` URL (password included; never shown). ``create=False``

@@ -12,6 +12,7 @@ runs).
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +31,14 @@ class PostgresReads(SQLiteReads):
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         # The core's reads are written with "?" placeholders; psycopg takes "%s".
         return self._exec(sql.replace("?", "%s"), args)
+
+    def _clock(self) -> float:
+        # Leases (jobs and named) are the database's clock, never a host's.
+        rows = self._exec(f"SELECT {NOW}")
+        return rows[0][0] if rows else time.time()
+
+    def _dead_owners(self, now: float) -> list[str]:
+        return []  # a holder on another host is never judged by its pid: its lease runs out
 
     def lease_rows(self, job_ids: Iterable[str]) -> list[LeaseRow]:
         ids = list(dict.fromkeys(job_ids))

@@ -28,6 +28,7 @@ from archiver.ledger import ARCHIVED, new_worker_id
 from archiver.ledger.chainrules import GENESIS, line_hash, make_line, verify_chain
 from archiver.plugins import build_plugin_manager
 from archiver.testing.ledger_contract import MAX_LOST, TTL, claim_worker, job
+from archiver.testing.ledger_contract_fleet import lease_racer
 
 TRIALS = 1000
 PROCESSES, APPENDS = 8, 500
@@ -212,4 +213,25 @@ def test_four_processes_claim_every_job_once(ledger_url):
     assert all(r.attempts == 1 and r.owner is None for r in ledger.job_rows())
     assert verify_chain(ledger.audit_rows()) == (None, 2 * jobs)
     assert ledger.workers() == []
+    ledger.close()
+
+
+def _lease_racer(url: str, start_at: float, rounds: int) -> list[bool]:
+    build_plugin_manager()
+    return lease_racer(url, start_at, rounds)
+
+
+def test_four_processes_one_lease_holder_each_round(ledger_url):
+    """The dispatcher's leader lease: processes racing for it (fresh, and held by a
+    lapsed holder) end with exactly one holder each round."""
+    processes, rounds = 4, 8
+    ledger = PostgresLedger(ledger_url)
+    for rnd in range(1, rounds, 2):
+        assert ledger.take_lease(f"leader-{rnd}", "old", -1.0)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        start_at = time.time() + 3.0
+        results = pool.starmap(_lease_racer, [(ledger_url, start_at, rounds)] * processes)
+    for rnd in range(rounds):
+        assert sum(r[rnd] for r in results) == 1, (rnd, results)
     ledger.close()

@@ -39,6 +39,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 from urllib.parse import quote, urlencode
 
+from archiver import cancel
 from archiver.errors import ConflictError, PluginError, SinkError
 from archiver.keys import join_prefix
 from archiver.model import StoredObject
@@ -46,6 +47,7 @@ from archiver.model import StoredObject
 from . import awserrors, checksums
 from .awserrors import RetryableSinkError
 from .body import BufferBody
+from .connections import make_cancellable
 from .config import SHA256_METADATA, SHA256_TAG, S3SinkConfig
 
 # The sink's logger: these are the sink's messages, and log filters name that logger.
@@ -182,6 +184,7 @@ class S3Gateway:
         except Exception as exc:
             raise self.error("setting up the S3 client", exc) from exc
         client.meta.events.register("before-send.s3", _no_expect, "archiver-s3-no-expect")
+        make_cancellable(client, self.label)  # a stop cuts requests in flight
         return client
 
     def close(self) -> None:
@@ -316,7 +319,9 @@ class S3Gateway:
     def abort_upload(self, bucket: str, full_key: str, upload_id: str) -> None:
         """AbortMultipartUpload; an upload already gone (aborted or completed) is fine."""
         try:
-            self.client.abort_multipart_upload(Bucket=bucket, Key=full_key, UploadId=upload_id)
+            with cancel.cleanup():  # spared by a stop for a moment: it removes what we sent
+                self.client.abort_multipart_upload(Bucket=bucket, Key=full_key,
+                                                   UploadId=upload_id)
         except Exception as exc:
             if awserrors.code(exc) in awserrors.NO_SUCH_UPLOAD:
                 return  # already gone (aborted or completed): nothing left behind

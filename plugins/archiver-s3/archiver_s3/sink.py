@@ -111,6 +111,24 @@ class S3Sink(Sink):
             self._live[writer.nonce] = writer
         return writer
 
+    def open_repair_writer(self, key: str, metadata: dict[str, str] | None = None) -> S3Writer:
+        """For ``archiver repair`` only: a writer whose upload becomes the newest version
+        of ``key``, the damaged object staying as an older version (``repair.py``). A
+        missing object gets an ordinary writer; a bucket without versioning is refused
+        (SinkError saying what an operator can do)."""
+        from .repair import S3RepairWriter, refuse_unversioned, versioning_status
+        head = self.gateway.head(key)
+        if head is None:
+            return self.open_writer(key, metadata)
+        status = versioning_status(self.gateway)
+        if status != "Enabled":
+            raise refuse_unversioned(self, key, status)
+        writer = S3RepairWriter(self, key, self.gateway.full_key(key),
+                                header_metadata(metadata), head)
+        with self._live_lock:
+            self._live[writer.nonce] = writer
+        return writer
+
     def forget(self, writer: S3Writer) -> None:
         """Called by a writer once it is committed, aborted or discarded."""
         with self._live_lock:

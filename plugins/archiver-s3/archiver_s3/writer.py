@@ -26,9 +26,11 @@ import json
 import logging
 import secrets
 import threading
+from contextlib import nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from archiver import cancel
 from archiver.components import Writer
 from archiver.errors import ArchiverError, SinkError
 from archiver.model import StoredObject
@@ -76,6 +78,9 @@ class S3Writer(Writer):
         self._nonce = secrets.token_hex(8)
         self._lock = None  # the Object Lock the upload asked for (gateway.Lock), if any
         self.stats = {"in_flight": 0, "max_in_flight": 0, "waits": 0, "parts": 0}
+        # The stop of whoever opened the writer also cuts the parts it sends on pool
+        # threads (archiver.cancel): captured here, re-entered on each part's thread.
+        self._canceller = cancel.current()
 
     def __repr__(self) -> str:
         return f"S3Writer({self._gw.describe(self.key)!r}, state={self._state})"
@@ -235,7 +240,9 @@ class S3Writer(Writer):
     def _upload_part(self, number: int, data: bytes | bytearray) -> None:
         if self._state not in ("open", "committing") or self._error is not None:
             return
-        entry, digest = self._gw.upload_part(self.full_key, self._upload_id, number, data)
+        scope = self._canceller.scope() if self._canceller is not None else nullcontext()
+        with scope:
+            entry, digest = self._gw.upload_part(self.full_key, self._upload_id, number, data)
         with self._cond:
             self._parts[number] = entry
             self._part_digests[number] = digest
