@@ -116,8 +116,10 @@ class FleetBudget:
                     self._asking = False
                     now = self.clock()
                     self._tokens, self._expires = granted, now + self.window
-                    if granted == 0:
-                        self._not_before = max(self._not_before, now + max(wait, 0.001))
+                    if granted < self.batch:  # short: ask again once the rest has refilled,
+                        # so a contended bucket costs a few calls a second, not a spin
+                        missing = (self.batch - granted) / self.rate
+                        self._not_before = max(self._not_before, now + max(wait, missing))
                     self._cond.notify_all()
 
     def pause(self, seconds: float) -> None:

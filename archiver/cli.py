@@ -55,6 +55,7 @@ def _plugins():
 BUILTIN_PLUGIN_COMMANDS = {
     "audit": "The tamper-evident audit log.",
     "ledger": "The ledger: schema version, migrations, workers.",
+    "repair": "Restore objects verify finds altered or missing, from another sink or the API.",
     "replicate": "Copy archived jobs (payload and bag) from one sink to another.",
     "serve": "watch + a webhook endpoint, /healthz and /metrics.",
     "verify": "Re-read stored objects and compare them with the ledger and bags.",

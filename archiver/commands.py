@@ -135,7 +135,9 @@ def stop_signals(rt: Runtime, *, grace: float = 0.0,
                  announce: Callable[[str], None] | None = None) -> Iterator[None]:
     """SIGINT/SIGTERM while the block runs. ``grace`` 0: the first signal aborts in-flight
     writers (nothing partial is kept); otherwise the first drains (objects in flight get
-    ``grace`` seconds to finish, nothing new starts) and the second aborts at once."""
+    ``grace`` seconds to finish, nothing new starts) and the second aborts at once.
+    Aborting (:meth:`Runtime.request_stop`) also cuts the sockets of downloads and uploads
+    in flight (:mod:`archiver.cancel`): a stalled peer cannot hold the exit up."""
     hits: list[int] = []
     say = announce or (lambda text: click.echo(text, err=True))
 
@@ -144,6 +146,8 @@ def stop_signals(rt: Runtime, *, grace: float = 0.0,
         if len(hits) > 1 or grace <= 0:
             if len(hits) == 1:
                 say("stopping: aborting in-flight writes (nothing partial is kept)")
+            elif len(hits) == 2:
+                say("stopping now: aborting in-flight writes (nothing partial is kept)")
             rt.request_stop()
             return
         say(f"stopping: objects in flight get {grace:g}s to finish (again to abort now)")

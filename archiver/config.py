@@ -298,6 +298,10 @@ def _dispatcher(registry: Registry, settings: Settings | None, sections: dict[st
         errors.add("dispatch.mode", f"mode {mode!r} needs a ledger that every worker host "
                    f"reaches ({' or '.join(schemes)}), not {settings.ledger.scheme}: set "
                    "ledger.url (e.g. postgresql://archiver@db.example/archiver)")
+    if settings.workers > 1:
+        errors.add("workers", f"local worker processes do not run beside dispatch.mode "
+                   f"{mode!r} (its workers archive the jobs): drop workers: or set "
+                   "dispatch.mode: local")
     return built.get(mode)
 
 

@@ -348,8 +348,10 @@ class Errors:
         "did you mean" for unknown keys and human sizes for ByteSize fields."""
         # Inputs are read for sizes only: any other input may be a secret.
         for err in exc.errors(include_url=False):
+            # pydantic names its validator wrappers `function-after[...]` in locations;
+            # a user's key may start with `function-` too, so only the wrappers go.
             loc = tuple(p for p in err["loc"]
-                        if not (isinstance(p, str) and p.startswith("function-")))
+                        if not (isinstance(p, str) and _WRAPPER.match(p)))
             path = _fmt_loc(loc, prefix)
             self.add(path, self._message(err, loc, path, model, extra_keys))
 
@@ -374,6 +376,9 @@ class Errors:
     def raise_if_any(self) -> None:
         if self.items:  # in file order (sorted is stable: same-line problems keep theirs)
             raise ConfigError(_listing([m for _, m in sorted(self.items, key=lambda i: i[0])]))
+
+
+_WRAPPER = re.compile(r"function-(after|before|wrap|plain)\[")
 
 
 def _got(value: Any) -> str:

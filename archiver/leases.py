@@ -140,6 +140,10 @@ class Heartbeat:
         if time.monotonic() - self.last_ok > self.self_fence:
             self._lose_all(f"no heartbeat for {time.monotonic() - self.last_ok:.0f}s "
                            f"(more than lease.self_fence {self.self_fence:g}s)")
+        # Only leases claimed before this beat's statement can be missing from its
+        # answer for a reason: one claimed while it ran is simply not in it yet.
+        with self._lock:
+            before = list(self._leases.values())
         try:
             still = self.ledger.heartbeat(self.worker.id, self.ttl)
         except Exception as exc:  # the ledger may be back at the next beat
@@ -149,10 +153,10 @@ class Heartbeat:
             return
         self.last_ok = time.monotonic()
         self.fenced.clear()
-        with self._lock:
-            leases = list(self._leases.values())
-        for lease in leases:
-            if lease.job_id not in still:
+        for lease in before:
+            with self._lock:
+                current = self._leases.get(lease.job_id) is lease
+            if current and lease.job_id not in still:
                 lease.mark_lost("lease lost: another worker took the job over")
 
     def _lose_all(self, reason: str) -> None:

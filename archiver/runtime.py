@@ -116,7 +116,13 @@ class Runtime:
             update["chunk_size"] = int(self.settings.chunk_size)
         if update:
             src_cfg = src_cfg.model_copy(update=update)
-        return self.loaded.source.cls(src_cfg)
+        source = self.loaded.source.cls(src_cfg)
+        limit = getattr(self.settings, "rate_limit", None)
+        if limit is not None:  # one API budget for every process on the ledger (budget.py)
+            from .budget import from_settings
+            source.use_budget(from_settings(self.ledger, limit, f"source:{source.name}",
+                                            stop=self.stop))
+        return source
 
     @cached_property
     def sinks(self) -> dict[str, Sink]:

@@ -53,7 +53,8 @@ def test_the_top_help_ends_with_examples_and_stays_fast():
     assert "ls " in out.stdout and "completion" in out.stdout
     imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "archiver", "--help"],
                               capture_output=True, text=True, timeout=60).stderr
-    for heavy in ("rich", "requests", "pydantic", "boto3", "default_plugins", "sqlite3"):
+    for heavy in ("rich", "requests", "pydantic", "boto3", "default_plugins", "sqlite3",
+                  "psycopg", "celery", "kombu"):
         assert not re.search(rf"\|\s+{heavy}(\.|$)", imported, re.M), heavy
     assert time.monotonic() - started < 10  # the import list above is the real guard
 

@@ -164,3 +164,29 @@ def test_claims_refused_are_handed_back(ledgers):
     other.finish_job(job(1), "w-other", INCOMPLETE, "boom", not_before=time.time() + 60)
     assert hb.claim(job(1)).reason == "backoff"
     assert isinstance(hb.claim(job(1), ignore_backoff=True), JobLease)
+
+
+def test_a_claim_made_while_a_beat_runs_is_not_lost(ledgers):
+    """A job claimed after the beat's ledger statement read the held jobs, but before
+    the beat compared, is not in that answer and was not taken over (seen with four
+    Celery worker processes on two cores: a job aborted, nobody else held it)."""
+    mine, _ = ledgers
+    hb = heartbeat(mine)
+    early = hb.claim(job(1))
+    late: list[JobLease] = []
+    real = mine.heartbeat
+
+    def slow_statement(worker_id, ttl):
+        answer = real(worker_id, ttl)     # what the ledger held when it ran
+        late.append(hb.claim(job(2)))     # another thread claims meanwhile
+        return answer
+
+    mine.heartbeat = slow_statement
+    try:
+        hb.beat()
+    finally:
+        mine.heartbeat = real
+    assert isinstance(late[0], JobLease)
+    assert not late[0].lost.is_set() and not early.lost.is_set()
+    hb.beat()  # the next beat sees both
+    assert not late[0].lost.is_set() and sorted(hb.held) == ["job_1", "job_2"]

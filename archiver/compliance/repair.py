@@ -204,39 +204,40 @@ class Repairer:
 
     # ------------------------------------------------------------------ one object
     def _repair(self, t: Repair, damaged: set) -> None:
+        t.detail = self._attempt(t, damaged) or ""
+        if t.outcome == FAILED and not self.report.dry_run:
+            self.ledger.event("failed", f"repair of {t.where}: {t.detail}", job_id=t.job_id,
+                              path=t.path, sink=t.sink)
+
+    def _attempt(self, t: Repair, damaged: set) -> str | None:
+        """Try the sources in turn; None on success, else why the object is not repaired."""
         sink = self.sinks[t.sink]
         if t.kind == "altered" and not can_replace(sink):
-            t.detail = (f"sink {t.sink} (type {sink.name}) cannot repair in place: it "
-                        "cannot replace an object while keeping the damaged one; move the "
-                        "object aside, then run archiver repair again")
-            return
+            return (f"sink {t.sink} (type {sink.name}) cannot repair in place: it cannot "
+                    "replace an object while keeping the damaged one; move the object "
+                    "aside, then run archiver repair again")
         tried = []
         for label, source, key in self._sources(t, damaged):
             try:
                 if self.report.dry_run:
                     self._check_source(t, source, key)
                     t.outcome, t.source = WOULD_REPAIR, label
-                    return
+                    return None
                 stored = self._restore(t, source, key)
             except (_SourceFailed, storage.DigestMismatch) as exc:
                 tried.append(f"{label}: {exc}")
                 continue
             except ConflictError as exc:
-                t.detail = f"the key changed meanwhile and was left untouched: {exc}"
-                return
+                return f"the key changed meanwhile and was left untouched: {exc}"
             except (ArchiverError, OSError, NotImplementedError) as exc:
-                t.detail = f"writing to sink {t.sink} failed, nothing was replaced: {exc}"
-                return
+                return f"writing to sink {t.sink} failed, nothing was replaced: {exc}"
             t.outcome, t.source = REPAIRED, label
             replaced = stored.extra.get("replaced") or {}
             t.kept = replaced.get("kept_at")
             self._record(t, stored, replaced)
-            return
-        t.detail = ("no good source: " + "; ".join(tried)) if tried else \
+            return None
+        return ("no good source: " + "; ".join(tried)) if tried else \
             "no good source: no other sink holds this object"
-        if not self.report.dry_run:
-            self.ledger.event("failed", f"repair of {t.where}: {t.detail}", job_id=t.job_id,
-                              path=t.path, sink=t.sink)
 
     def _check_source(self, t: Repair, source: Sink | None, key: str) -> None:
         """Dry run: would this source be tried with a chance (without reading it)?"""
@@ -304,7 +305,8 @@ class Repairer:
                 return f"job {job_id} has expired at Plangrep"
             return job, self.rt.items(job, self.rt.source.read_result(job))
         except (ArchiverError, OSError) as exc:
-            return f"job {job_id}: {exc}"
+            text = str(exc)  # source errors name the job already
+            return text if text.startswith(f"job {job_id}") else f"job {job_id}: {text}"
 
     @contextmanager
     def _api_stream(self, t: Repair) -> Iterator[Iterator[bytes]]:

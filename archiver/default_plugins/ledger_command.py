@@ -1,9 +1,11 @@
-"""Built-in plugin: ``archiver ledger status`` and ``archiver ledger migrate``.
+"""Built-in plugin: ``archiver ledger status``, ``migrate`` and ``workers``.
 
 * ``status``: the backend, where the ledger is (never a password), its schema version
   against the newest this archiver knows, pending migrations, and the registered workers
   with their last heartbeat and the jobs they hold. It opens the ledger read-only: it
   neither creates nor upgrades anything.
+* ``workers``: one line per registered worker: id, host, pid, heartbeat age, alive or
+  stale, and the jobs it holds with their lease's end (read-only, like ``status``).
 * ``migrate``: apply pending migrations. SQLite upgrades itself whenever it is opened, so
   this is for explicit upgrades (before a fleet of workers starts; ``--dry-run`` lists what
   would be applied) and for backends that never migrate implicitly (PostgreSQL).
@@ -16,6 +18,7 @@ schema newer than this archiver knows (the message says which).
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -50,6 +53,15 @@ def _open(settings, **kw):
         _fail(str(exc))
 
 
+def _read_only(settings, read):
+    """``read(ledger)`` on the ledger opened read-only (it creates and upgrades nothing)."""
+    led = _open(settings, read_only=True)
+    try:
+        return read(led)
+    finally:
+        led.close()
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "never"
@@ -70,6 +82,37 @@ def status_document(ledger) -> dict:
                         else round(now - w.heartbeat_at, 3), "jobs": list(w.jobs)}
                        for w in ledger.workers()]
     return info
+
+
+def workers_document(ledger, ttl: float, now: float | None = None) -> list[dict]:
+    """The registered workers as ``ledger workers --json`` prints them. A worker is
+    ``alive`` while its heartbeat is at most ``ttl`` (``lease.ttl``) old and, on this
+    host, its pid runs; else ``stale`` (dead, hung, or its host's clock is off)."""
+    from ..ledger import pid_alive
+    now = time.time() if now is None else now
+    this_host = socket.gethostname()
+    out = []
+    for w in ledger.workers():
+        age = None if w.heartbeat_at is None else round(max(0.0, now - w.heartbeat_at), 3)
+        alive = (age is not None and age <= ttl
+                 and (w.host != this_host or w.pid is None or pid_alive(w.pid)))
+        leases = w.leases or tuple((j, None) for j in w.jobs)
+        out.append({"worker_id": w.worker_id, "host": w.host, "pid": w.pid,
+                    "started": w.started, "heartbeat_at": w.heartbeat_at,
+                    "heartbeat_age": age, "alive": alive,
+                    "jobs": [{"job_id": j, "lease_until": until,
+                              "lease_left": None if until is None else round(until - now, 3)}
+                             for j, until in leases]})
+    return out
+
+
+def _worker_line(w: dict) -> str:
+    age = "no heartbeat" if w["heartbeat_age"] is None else \
+        f"heartbeat {w['heartbeat_age']:.0f}s ago"
+    held = ", ".join(f"{j['job_id']} (lease until {_when(j['lease_until'])})"
+                     if j["lease_until"] is not None else j["job_id"] for j in w["jobs"])
+    return (f"{w['worker_id']}  host {w['host']}  pid {w['pid']}  {age}  "
+            f"{'alive' if w['alive'] else 'stale'}  holds {held or 'no jobs'}")
 
 
 def _schema_line(info: dict) -> str:
@@ -94,11 +137,7 @@ def archiver_register_commands(cli) -> None:
     @json_option
     def status(config_file: str, as_json: bool) -> None:
         """Backend, location, schema version, pending migrations, workers."""
-        led = _open(_settings(config_file), read_only=True)
-        try:
-            doc = status_document(led)
-        finally:
-            led.close()
+        doc = _read_only(_settings(config_file), status_document)
         if as_json:
             click.echo(json.dumps(doc, indent=2, default=str))
             return
@@ -114,6 +153,23 @@ def archiver_register_commands(cli) -> None:
             held = ", ".join(w["jobs"]) or "no jobs"
             click.echo(f"worker {w['worker_id']} (host {w['host']}, pid {w['pid']}): "
                        f"{_ago(w['heartbeat_at'], now)}; holds {held}")
+
+    @ledger.command(epilog=examples("archiver ledger workers",
+                                    "archiver ledger workers --json | jq '.[] | select(.alive"
+                                    " | not)'"))
+    @config_option
+    @json_option
+    def workers(config_file: str, as_json: bool) -> None:
+        """Registered workers: heartbeat, alive or stale, jobs held."""
+        settings = _settings(config_file)
+        doc = _read_only(settings, lambda led: workers_document(led, float(settings.lease.ttl)))
+        if as_json:
+            click.echo(json.dumps(doc, indent=2))
+            return
+        if not doc:
+            click.echo("no workers registered")
+        for w in doc:
+            click.echo(_worker_line(w))
 
     @ledger.command(epilog=examples("archiver ledger migrate --dry-run",
                                     "archiver ledger migrate"))

@@ -6,7 +6,8 @@ messages built by archiver itself.
 
 Modules, one concept each: :mod:`.states` (job states), :mod:`.rows` (typed rows, worker
 ids, claim results), :mod:`.protocols`, :mod:`.claims` (lease rules),
-:mod:`.chainrules` / :mod:`.auditchain` (the audit log's format and appends),
+:mod:`.chainrules` / :mod:`.auditchain` (the audit log's format and appends), :mod:`.coordination`
+(named leases and token buckets),
 :mod:`.groupcommit`, :mod:`.migrations`, :mod:`.sqlite` (the SQLite backend),
 :mod:`.readonly` (dry runs), :mod:`.factory` (``open_ledger``).
 """

@@ -5,7 +5,8 @@ Two kinds:
 * **Ledger gauges**, computed from the ledger at every scrape, so they survive restarts and
   always match ``archiver status``: jobs per state, objects and bytes per sink, pending
   writers, artifact download retries, the oldest unarchived finished job (its age and the
-  time left before it expires) and how many open jobs are inside ``expiry_warning``.
+  time left before it expires), how many open jobs are inside ``expiry_warning``, and the
+  claim queue (``queue_stats()``: depth, lag, leased jobs, claims so far).
 * **Process counters**, driven by the ``archiver_artifact_done`` / ``archiver_job_done``
   hooks (a plugin object registered on the pipeline's plugin manager), the watch loop and
   the webhook receiver: what this process did since it started.
@@ -97,6 +98,20 @@ class _LedgerCollector:
         live.add_metric(["recent"], fresh)
         live.add_metric(["stale"], len(workers) - fresh)
         yield live
+        queue = self.ledger.queue_stats()
+        yield GaugeMetricFamily("archiver_queue_depth", "Jobs waiting for a worker: queued or "
+                                "incomplete, not parked, under no live lease (ledger).",
+                                value=queue["queued"])
+        yield GaugeMetricFamily("archiver_queue_lag_seconds", "How long the oldest job waiting "
+                                "for a worker has been known (since first seen); 0 when none.",
+                                value=queue["oldest_queued_seconds"] or 0.0)
+        yield GaugeMetricFamily("archiver_leased_jobs", "Jobs a worker holds a live lease on "
+                                "(ledger).", value=queue["leased"])
+        # A gauge named like a counter: it is the ledger's sum of attempts, which never
+        # goes down, but it is read, not counted, by this process (like the ledger gauges).
+        yield GaugeMetricFamily("archiver_claims_total", "Successful job claims ever, by every "
+                                "worker (sum of attempts in the ledger).",
+                                value=queue["claims_total"])
         now = self.clock()
         opened = open_jobs(self.ledger, (INCOMPLETE, WAITING, QUEUED))
         unarchived = [o for o in opened if o.state in UNARCHIVED]

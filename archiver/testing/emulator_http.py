@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
@@ -83,6 +84,7 @@ class RequestRecord:
     status: int
     headers: dict
     route: str = "unknown"  # projects|jobs|job|result|artifact|project_artifact|storage|unknown
+    at: float = field(default_factory=time.time)  # when it was answered (rates, pauses)
 
 
 class RequestLog(list):

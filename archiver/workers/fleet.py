@@ -249,9 +249,9 @@ class WorkerPool:
         self.sup.stop(now=True)
 
     def close(self, grace: float) -> None:
-        self.sup.stop()
-        deadline = time.monotonic() + grace + 10
-        while self.sup.alive and time.monotonic() < deadline:
+        if not self.sup.stopping:  # a second stop() would be the children's abort signal
+            self.sup.stop()
+        while self.sup.alive and not self.sup.overdue(grace):
             self.sup.reap()
             time.sleep(0.05)
         self.sup.kill_overdue(grace)

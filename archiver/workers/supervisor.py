@@ -12,7 +12,10 @@ its own session so that a terminal's Ctrl-C reaches the supervisor only, and:
   are discarded, then a new child is started while work remains;
 * forwards SIGTERM/SIGINT: the first is the graceful drain (children finish the objects
   in flight, start nothing new), the second aborts at once; children still running
-  ``grace + 10`` seconds after the first signal are killed.
+  ``grace + KILL_MARGIN`` seconds after the first signal, or ``ABORT_KILL_AFTER`` seconds
+  after an abort, are killed. A child's abort cuts its sockets (archiver.cancel), so it
+  exits within a second or two whatever the network does: the kill is for a child that
+  is wedged otherwise, and its leftovers are recorded for cleanup.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ from typing import Any, Callable
 log = logging.getLogger("archiver.workers.supervisor")
 
 RESPAWN_MAX_DELAY = 30.0
+#: Seconds after the grace period before a child still running is killed (a child aborts
+#: at the end of its grace and exits within ~2 s: this is headroom, not a wait).
+KILL_MARGIN = 10.0
+#: Seconds after an abort (second signal) before a child still running is killed.
+ABORT_KILL_AFTER = 5.0
 
 
 @dataclass
@@ -61,6 +69,7 @@ class Supervisor:
     stopping: bool = False
     deaths: int = 0
     _stopped_at: float | None = None
+    _aborted_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def command(self) -> list[str]:
@@ -149,13 +158,23 @@ class Supervisor:
         self.stopping = True
         if first:
             self._stopped_at = time.monotonic()
+        if (now or not first) and self._aborted_at is None:
+            self._aborted_at = time.monotonic()
         self.signal_all(signal.SIGTERM)
         if now and first:
             self.signal_all(signal.SIGTERM)
 
+    def overdue(self, grace: float) -> bool:
+        """``grace + KILL_MARGIN`` s since the stop began, or ``ABORT_KILL_AFTER`` s
+        since the abort."""
+        now = time.monotonic()
+        return ((self._stopped_at is not None
+                 and now - self._stopped_at > grace + KILL_MARGIN)
+                or (self._aborted_at is not None and now - self._aborted_at > ABORT_KILL_AFTER))
+
     def kill_overdue(self, grace: float) -> None:
-        """SIGKILL children still running ``grace + 10`` s after the stop began."""
-        if self._stopped_at is not None and time.monotonic() - self._stopped_at > grace + 10:
+        """SIGKILL the children still running once :meth:`overdue`."""
+        if self.overdue(grace):
             self.signal_all(signal.SIGKILL)
 
     def wait_all(self, timeout: float) -> None:

@@ -251,6 +251,8 @@ def test_no_good_source_is_reported_per_object_and_nothing_is_written(emu, tmp_p
     leftovers = [p.name for p in arc.root.rglob("*") if p.name.endswith(".partial")]
     assert leftovers == [] and not (arc.root / "%%quarantine").exists()
     assert repaired_events(arc) == []
+    no_key, report = repair(arc, key=False)  # the API refuses: still one line per object
+    assert no_key.exit_code == 1 and len(report["repairs"]) == 2
     text = arc.cli("repair", key=True)
     assert text.exit_code == 1
     assert f"NOT REPAIRED sink primary job {job['id']}" in text.stderr
@@ -285,3 +287,20 @@ def test_nothing_to_repair_and_bad_input(emu, tmp_path):
     job = arc.cli("repair", "--job", "job_nope", key=False)
     assert job.exit_code == 5 and "job_nope" in job.stderr
     assert len(job.stderr.strip().splitlines()) == 1 and "Traceback" not in job.output
+
+
+def test_damaged_tag_files_are_restored_from_a_sink_holding_the_recorded_bytes(three, s3):
+    arc, job = three
+    bag_info = arc.job_dir(job) / "bag-info.txt"
+    good = bag_info.read_bytes()
+    bag_info.write_bytes(good + b"Edited: yes\n")
+    top = f"archive/proj_c/{job['id']}/tagmanifest-sha256.txt"
+    s3.delete_object(Bucket=arc.s3_bucket, Key=top)
+
+    result, report = repair(arc, key=False)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert {(r["sink"], r["path"], r["kind"], r["outcome"]) for r in report["repairs"]} == {
+        ("primary", "bag:bag-info.txt", "altered", "repaired"),
+        ("vault", "bag:tagmanifest-sha256.txt", "missing", "repaired")}
+    assert bag_info.read_bytes() == good
+    assert_clean(arc)

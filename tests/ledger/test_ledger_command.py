@@ -120,3 +120,53 @@ def test_bad_configs_are_exit_2(config, tmp_path):
                  env={"ARCHIVER_DISABLE_PLUGINS": "postgres"})  # as if not installed
     assert result.exit_code == 2
     assert "PostgreSQL needs the archiver-postgres plugin" in result.stderr
+
+
+# --------------------------------------------------------------------------- workers
+def test_workers_lists_each_worker_alive_or_stale_with_its_leases(config, tmp_path):
+    import os
+    import socket
+    import time
+
+    cfg = config("lease: {ttl: 30s, heartbeat: 10s}\n")
+    ledger = open_ledger(tmp_path / "state")
+    me = new_worker_id()  # this process: alive
+    gone = new_worker_id(pid=2 ** 22 + 17)  # this host, no such pid: stale
+    far = new_worker_id(host="other-host", pid=os.getpid())  # another host, old heartbeat
+    for w in (me, gone, far):
+        ledger.register_worker(w)
+    assert ledger.claim(job(1), me.id, 60.0, max_lost=3).ok
+    assert ledger.claim(job(2), me.id, 60.0, max_lost=3).ok
+    assert ledger.claim(job(3), far.id, 60.0, max_lost=3).ok
+    ledger.close()
+    with sqlite3.connect(tmp_path / "state" / "ledger.sqlite") as con:  # a heartbeat 5 min old
+        con.execute("UPDATE workers SET heartbeat_at=? WHERE worker_id=?",
+                    (time.time() - 300, far.id))
+    result = run("ledger", "workers", "-c", str(cfg), "--json")
+    assert result.exit_code == 0, result.output
+    doc = {w["worker_id"]: w for w in json.loads(result.stdout)}
+    assert set(doc) == {me.id, gone.id, far.id}
+    assert (doc[me.id]["alive"], doc[gone.id]["alive"], doc[far.id]["alive"]) == \
+        (True, False, False)
+    assert doc[me.id]["host"] == socket.gethostname() and doc[me.id]["pid"] == me.pid
+    assert [j["job_id"] for j in doc[me.id]["jobs"]] == ["job_1", "job_2"]
+    assert all(55 < j["lease_left"] <= 60 for j in doc[me.id]["jobs"])
+    assert doc[far.id]["heartbeat_age"] >= 299 and doc[gone.id]["jobs"] == []
+    result = run("ledger", "workers", "-c", str(cfg))
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert f"host {me.host}  pid {me.pid}  heartbeat 0s ago  alive  holds job_1 (lease " \
+        "until " in lines[me.id]
+    assert "job_2 (lease until" in lines[me.id]
+    assert lines[gone.id].endswith("stale  holds no jobs")
+    assert "heartbeat 300s ago  stale  holds job_3" in lines[far.id]
+
+
+def test_workers_of_an_empty_ledger_and_a_missing_one(config, tmp_path):
+    cfg = config()
+    assert run("ledger", "workers", "-c", str(cfg)).exit_code == 2  # no ledger there
+    open_ledger(tmp_path / "state").close()
+    result = run("ledger", "workers", "-c", str(cfg))
+    assert result.exit_code == 0 and result.stdout == "no workers registered\n"
+    result = run("ledger", "workers", "-c", str(cfg), "--json")
+    assert json.loads(result.stdout) == []

@@ -70,7 +70,7 @@ def test_a_version_1_ledger_upgrades_and_keeps_every_record(v1):
     info = ledger.schema_info()
     assert info["version"] == info["known_version"] == mig.latest("sqlite")
     assert [m["name"] for m in info["migrations"]] == [m.name for m in mig.known("sqlite")]
-    assert [m.name for m in ledger.migrated] == ["0002_claims"]
+    assert [m.name for m in ledger.migrated] == [m.name for m in mig.known("sqlite")[1:]]
     assert dump(v1) == before  # same rows, byte for byte
     brk, n = verify_chain(ledger.audit_rows())
     assert brk is None and n == 74
@@ -136,9 +136,11 @@ def test_two_processes_opening_an_old_ledger_upgrade_it_once(v1):
     for t in threads:
         t.join(60)
     assert errors == [] and len(opened) == 3
-    assert sum(len(led.migrated) for led in opened) == 1
+    # one of them applied every pending migration, the others none
+    assert sorted(len(led.migrated) for led in opened) == [0, 0, len(mig.known("sqlite")) - 1]
     con = sqlite3.connect(v1)
-    assert con.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
+    assert con.execute("SELECT version FROM schema_migrations").fetchall() == \
+        [(m.version,) for m in mig.known("sqlite")]
     con.close()
     for led in opened:
         led.close()
@@ -152,7 +154,12 @@ def test_read_only_reads_a_version_1_ledger_without_upgrading_it(v1):
     assert [p.token for p in ledger.list_pending()] == ["/tmp/.x2.partial", "/tmp/.y.partial"]
     assert ledger.workers() == [] and len(ledger.job_rows()) == 8
     info = ledger.schema_info()
-    assert (info["version"], info["legacy"], info["pending"]) == (1, True, ["0002_claims"])
+    assert (info["version"], info["legacy"], info["pending"]) == \
+        (1, True, [m.name for m in mig.known("sqlite")[1:]])
+    # the fleet reads answer on a version-1 ledger too (no leases, no parking yet)
+    assert ledger.lease_holder("leader") is None and ledger.dispatchable(5) == []
+    stats = ledger.queue_stats()
+    assert stats["leased"] == stats["parked"] == stats["claims_total"] == 0
     with pytest.raises(RuntimeError, match=r"dry run: ledger.record_job\(\) would write"):
         ledger.record_job(Job("j", "p", "completed"), ARCHIVED)
     ledger.close()
@@ -222,3 +229,26 @@ def test_checksums_ignore_line_ends_and_statements_split_like_sqlite():
         con.execute(part)
     with pytest.raises(LedgerSchemaError):
         mig.split_sql("CREATE TABLE t (x TEXT DEFAULT 'unterminated")
+
+
+def test_a_version_2_ledger_upgrades_to_budgets_keeping_its_claims(tmp_path):
+    """A ledger of schema 2 (claims, a named lease) gains 0003's budgets on open."""
+    from archiver.ledger.migrations import split_sql
+    from archiver.testing.ledger_contract import job
+    led = open_ledger(tmp_path)
+    assert led.claim(job(1), "w", 60.0, max_lost=3).ok and led.take_lease("leader", "w", 60)
+    led.close()
+    path = tmp_path / "ledger.sqlite"
+    con = sqlite3.connect(path)  # back to version 2, as an older archiver left it
+    con.execute("DROP TABLE budgets")
+    con.execute("DELETE FROM schema_migrations WHERE version >= 3")
+    con.commit()
+    con.close()
+    assert split_sql(mig.known("sqlite")[2].sql)  # 0003 has statements
+    led = open_ledger(tmp_path)
+    try:
+        assert [m.name for m in led.migrated] == ["0003_budgets"]
+        assert led.lease_holder("leader")[0] == "w" and led.job_rows("job_1")[0].owner == "w"
+        assert led.take_tokens("api", 1, 10.0, 5) == (1, 0.0)
+    finally:
+        led.close()

@@ -64,3 +64,28 @@ def test_oldest_unarchived_job_gauges(make_service, emu):
     emu.faults.drop_mid_body_n = 0
     wait_for(lambda: svc.ledger.job_states().get(job) == "archived")
     wait_for(lambda: scrape(svc)[("archiver_oldest_unarchived_job_age_seconds", ())] == 0)
+
+
+def test_queue_gauges_come_from_queue_stats(tmp_path):
+    from archiver.ledger import open_ledger
+    from archiver.service.metrics import ServiceMetrics
+    from archiver.testing.ledger_contract import job
+
+    ledger = open_ledger(tmp_path)
+    try:
+        m = metric_samples(ServiceMetrics(ledger).render()[0].decode())
+        assert (m[("archiver_queue_depth", ())], m[("archiver_queue_lag_seconds", ())],
+                m[("archiver_leased_jobs", ())], m[("archiver_claims_total", ())]) == (0, 0, 0, 0)
+        assert ledger.enqueue([job(i) for i in range(5)]) == 5
+        assert ledger.claim(job(0), "w", 60.0, max_lost=3).ok
+        assert ledger.claim(job(1), "w", 60.0, max_lost=3).ok
+        ledger.finish_job(job(1), "w", "archived")
+        time.sleep(0.05)
+        m = metric_samples(ServiceMetrics(ledger).render()[0].decode())
+        stats = ledger.queue_stats()
+        assert m[("archiver_queue_depth", ())] == stats["queued"] == 3
+        assert m[("archiver_leased_jobs", ())] == stats["leased"] == 1
+        assert m[("archiver_claims_total", ())] == stats["claims_total"] == 2
+        assert 0.05 <= m[("archiver_queue_lag_seconds", ())] < 60
+    finally:
+        ledger.close()

@@ -19,6 +19,14 @@ __all__ = ["app", "celery"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        from archiver.errors import ArchiverError
+
         from .app import default_app
-        return default_app()
+        try:
+            return default_app()
+        except ArchiverError as exc:
+            # `celery -A archiver_celery` would print our bad config as a traceback
+            import sys
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     raise AttributeError(f"module 'archiver_celery' has no attribute {name!r}")

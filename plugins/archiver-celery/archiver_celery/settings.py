@@ -28,7 +28,7 @@ class CeleryConfig(ComponentConfig):
     # Redis redelivers a task still running after this long to another worker: it must
     # exceed the longest job (a 10 GiB artifact at 25 MB/s takes ~7 min; 12 h is ample).
     # A redelivered task only finds the job leased, but its download would be wasted.
-    visibility_timeout: Seconds = Field(43200.0, ge=60)
+    visibility_timeout: Seconds = Field(43200.0, ge=1)
     # Worker recycling: a worker process is replaced after this many jobs (memory
     # fragmentation of long-lived processes) or once its resident memory passes the limit.
     max_tasks_per_child: int | None = Field(500, ge=1)

@@ -43,6 +43,13 @@ class WorkerState:
                                    self.rt.settings.lease).start()
         self.pool = ThreadPoolExecutor(self.rt.settings.concurrency,
                                        thread_name_prefix="archiver-artifact")
+        # A new process often replaces one that died (the pool restarts killed
+        # children): what the dead one was writing is removed before anything else.
+        try:
+            from archiver.recovery import recover_dead_writers
+            recover_dead_writers(self.rt)
+        except Exception as exc:  # the next start, `watch` or `cleanup` tries again
+            log.warning("recovering dead writers failed: %s", exc)
         log.info("worker %s ready", self.rt.worker.id)
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from archiver.cancel import mount_cancellable
 from archiver.errors import ConflictError, SinkError
 from archiver.keys import join_prefix
 from archiver.model import StoredObject
@@ -123,6 +124,9 @@ class GCSGateway:
         client = getattr(self._local, "client", None)
         if client is None:
             client = make_client(self.config, self._creds())
+            # its AuthorizedSession (a requests session): a stop cuts its requests in
+            # flight and google's retries give up (archiver.cancel)
+            mount_cancellable(client._http)
             self._local.client = client
             with self._lock:
                 self._opened.append(client)
@@ -133,6 +137,7 @@ class GCSGateway:
         session = getattr(self._local, "http", None)
         if session is None:
             session = make_session(self._creds())
+            mount_cancellable(session)  # a stop cuts a stalled chunk PUT (archiver.cancel)
             self._local.http = session
             with self._lock:
                 self._opened.append(session)

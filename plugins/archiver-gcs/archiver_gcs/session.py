@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 
+from archiver import cancel
 from archiver.errors import SinkError
 
 from .client import redact
@@ -90,6 +91,7 @@ class ResumableSession:
                         continue  # final request: resend what GCS did not keep
                     problem = "no progress"
             failures += 1
+            cancel.check()  # a stop cut the request: no retry, no backoff sleep
             if failures > len(RETRY_DELAYS):
                 raise SinkError(f"{self.where}: upload failed after {failures} attempts "
                                 f"({problem})")
@@ -157,7 +159,8 @@ class ResumableSession:
 
 def cancel_session(http, url: str, where: str) -> None:
     try:
-        resp = http.delete(url, timeout=TIMEOUT)
+        with cancel.cleanup():  # spared by a stop for a moment: it removes what we sent
+            resp = http.delete(url, timeout=TIMEOUT)
     except Exception as exc:
         if not _is_transport_error(exc):
             raise

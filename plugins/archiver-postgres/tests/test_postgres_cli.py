@@ -61,7 +61,7 @@ def test_migrate_run_and_status(emu, tmp_path, pg_url):
     assert json.loads(status.stdout)["version"] == 0
     migrated = archiver("ledger", "migrate", "-c", cfg, env=env)
     assert migrated.returncode == 0, migrated.stderr
-    assert "applied 0001_initial, 0002_claims; schema version 2" in migrated.stdout
+    assert "applied 0001_initial, 0002_claims, 0003_budgets; schema version 3" in migrated.stdout
     run = archiver("run", "-c", cfg, "--json", env=env)
     assert run.returncode == 0, run.stderr
     archived = json.loads(run.stdout)["archived"]
@@ -72,7 +72,7 @@ def test_migrate_run_and_status(emu, tmp_path, pg_url):
     assert doc["jobs"] == DEMO and doc["sinks"]["primary"]["objects"] > 0
     human = archiver("ledger", "status", "-c", cfg, env=env)
     assert human.returncode == 0 and "ledger: postgresql postgresql://127.0.0.1" in human.stdout
-    assert "schema: version 2 of 2 known (up to date)" in human.stdout
+    assert "schema: version 3 of 3 known (up to date)" in human.stdout
     for out in (refused, status, migrated, run, human):
         assert SECRET not in out.stdout + out.stderr
     again = archiver("run", "-c", cfg, "--json", env=env)

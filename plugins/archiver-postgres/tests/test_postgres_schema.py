@@ -35,7 +35,7 @@ def migrate(url: str, upto: int | None = None) -> list[str]:
 
 def test_the_migrations_are_numbered_and_checksummed():
     names = [m.name for m in schema.known()]
-    assert names == ["0001_initial", "0002_claims"] and schema.latest() == 2
+    assert names == ["0001_initial", "0002_claims", "0003_budgets"] and schema.latest() == 3
     assert all(len(m.sha256) == 64 for m in schema.known())
 
 
@@ -49,13 +49,13 @@ def test_an_empty_database_is_created_only_by_migrate(pg_url):
     ro = open_ledger(settings(pg_url), read_only=True, create=False)  # ledger status
     assert isinstance(ro, PostgresReadOnlyLedger)
     info = ro.schema_info()
-    assert (info["version"], info["pending"]) == (0, ["0001_initial", "0002_claims"])
+    assert (info["version"], info["pending"]) == (0, ["0001_initial", "0002_claims", "0003_budgets"])
     assert ro.job_states() == {} and ro.workers() == [] and ro.summary()["jobs"] == {}
     with pytest.raises(RuntimeError, match=r"dry run: ledger.record_job\(\) would write"):
         ro.record_job(job(1), "archived")
     ro.close()
     led = open_ledger(settings(pg_url), create=False, migrate=True)  # ledger migrate
-    assert [m.name for m in led.migrated] == ["0001_initial", "0002_claims"]
+    assert [m.name for m in led.migrated] == ["0001_initial", "0002_claims", "0003_budgets"]
     led.record_job(job(1), "archived")
     led.close()
     again = open_ledger(settings(pg_url), migrate=True)
@@ -73,12 +73,12 @@ def test_an_older_schema_is_refused_until_migrated(pg_url):
                      " 'not a date', 1, 1)")
     with pytest.raises(LedgerSchemaError) as err:
         PostgresLedger(pg_url)
-    assert str(err.value).endswith("has schema version 1; this archiver needs 2 "
-                                   f"(0002_claims pending): {HINT}")
+    assert str(err.value).endswith("has schema version 1; this archiver needs 3 "
+                                   f"(0002_claims, 0003_budgets pending): {HINT}")
     ro = PostgresReadOnlyLedger(pg_url)  # read as it is: no lease columns, no workers
     assert [r.job_id for r in ro.job_rows()] == ["j", "k", "l"] and ro.workers() == []
     ro.close()
-    assert migrate(pg_url) == ["0002_claims"]
+    assert migrate(pg_url) == ["0002_claims", "0003_budgets"]
     led = PostgresLedger(pg_url)
     got = dict(led._exec("SELECT job_id, expires_ts FROM jobs"))
     assert got == {"j": expires_ts("2031-01-01T10:00:00Z"),
@@ -88,14 +88,14 @@ def test_an_older_schema_is_refused_until_migrated(pg_url):
 
 def test_a_newer_or_edited_schema_is_refused(ledger_url):
     with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO schema_migrations VALUES (3, '0003_future', %s, 0)",
+        conn.execute("INSERT INTO schema_migrations VALUES (4, '0004_future', %s, 0)",
                      ("f" * 64,))
     for opener in (PostgresLedger, PostgresReadOnlyLedger):
-        with pytest.raises(LedgerSchemaError, match="has schema version 3; this "
-                                                    "archiver-postgres knows up to 2"):
+        with pytest.raises(LedgerSchemaError, match="has schema version 4; this "
+                                                    "archiver-postgres knows up to 3"):
             opener(ledger_url)
     with psycopg.connect(ledger_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
         conn.execute("UPDATE schema_migrations SET sha256 = %s WHERE version = 1", ("0" * 64,))
     with pytest.raises(LedgerSchemaError, match="0001_initial was applied with sha256 0000"):
         PostgresLedger(ledger_url)
@@ -120,9 +120,9 @@ def test_two_migrations_at_once_apply_each_file_once(pg_url):
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(results) == [[], ["0001_initial", "0002_claims"]]
+    assert sorted(results) == [[], ["0001_initial", "0002_claims", "0003_budgets"]]
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 3
 
 
 def test_the_search_path_must_name_a_schema(pg_admin):

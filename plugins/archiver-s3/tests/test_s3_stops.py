@@ -75,7 +75,8 @@ def stop(proc, signals: int) -> float:
 
 
 def is_part(req) -> bool:
-    return req.method == "PUT" and "partNumber" in req.query
+    return (req.method == "PUT" and "partNumber" in req.query
+            and "archiver-preflight" not in req.path)
 
 
 def keys(s3, bucket):
