@@ -93,11 +93,16 @@ redact = Redactor()
 
 def remember_secrets(loaded: Any) -> None:
     """Register every secret value (pydantic ``SecretStr``) of a loaded configuration:
-    the source's and sinks' options and the settings (webhook secrets, ledger URL)."""
+    the source's, sinks', transforms' and dispatcher's options, plugin sections and the
+    settings (webhook secrets, ledger URL)."""
     roots = [getattr(loaded, "settings", None)]
     source = getattr(loaded, "source", None)
     roots.append(getattr(source, "config", None))
     roots += [getattr(b, "config", None) for b in getattr(loaded, "sinks", ()) or ()]
+    roots += [getattr(b, "config", None) for b in getattr(loaded, "transforms", ()) or ()]
+    roots.append(getattr(getattr(loaded, "dispatcher", None), "config", None))
+    for section in (getattr(loaded, "sections", None) or {}).values():
+        roots.append(getattr(section, "config", section))
     for root in roots:
         _walk_secrets(root, 0)
 

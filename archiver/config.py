@@ -70,6 +70,9 @@ class LoadedConfig:
     warnings: list[str] = field(default_factory=list)
     #: The ``dispatch.mode`` dispatcher (None: ``local``).
     dispatcher: Built | None = None
+    #: Plugin-owned top-level sections present in the file (``archiver_register_sections``):
+    #: name -> ``cls(config)``, built once the whole file is valid.
+    sections: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- ~ in paths
@@ -229,6 +232,7 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
     errors.raise_if_any()
     # A dispatcher's options are the top-level section named after it (`celery:`).
     sections = {k: data.pop(k) for k in list(data) if k in registry.classes["dispatcher"]}
+    owned = _owned_sections(registry, data, errors)
     try:
         settings: Settings | None = Settings.model_validate(data)
     except ValidationError as exc:
@@ -249,10 +253,14 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
             for j, t in enumerate(s.transforms)]
     _shared_stores([b for b in sinks if b is not None], errors)
     dispatcher = _dispatcher(registry, settings, sections, errors)
+    owned_built = {name: _build(registry, "section", _section_spec(name, section, errors,
+                                                                   "section"), name, errors)
+                   for name, section in owned.items()}
     errors.raise_if_any()
     assert settings is not None and source is not None  # else errors were raised
     warnings: list[str] = []
     extras = [dispatcher] if dispatcher is not None else []
+    extras += [b for b in owned_built.values() if b is not None]
     for built in [source, *transforms, *sinks, *(t for ts in sink_transforms.values()
                                                  for t in ts), *extras]:
         _literal_secrets(built.config, built.path, _env_name(built.cls.name), interpolate.used,
@@ -271,7 +279,34 @@ def load_config(file: str | os.PathLike, registry: Registry, *,
                            transforms=[ComponentSpec(type=t.type) for t in s.transforms])
                   for s in settings.sinks]})
     return LoadedConfig(settings, source, transforms, sinks, sink_transforms, file, warnings,
-                        dispatcher)
+                        dispatcher, _construct(owned_built, errors))
+
+
+def _owned_sections(registry: Registry, data: dict, errors: Errors) -> dict[str, Any]:
+    """Pop the plugin-owned sections out of ``data``; a section named like a core setting
+    or a dispatcher would make one key mean two things: an error naming its plugin."""
+    owned = {}
+    for name in registry.classes["section"]:
+        if name in Settings.model_fields or name in registry.classes["dispatcher"]:
+            errors.add(name, f"plugin {registry.owner('section', name)!r} registers a section "
+                             "named like a core setting or a dispatcher: disable it "
+                             "(ARCHIVER_DISABLE_PLUGINS)")
+        elif name in data:
+            owned[name] = data.pop(name)
+    return owned
+
+
+def _construct(built: dict[str, Built | None], errors: Errors) -> dict[str, Any]:
+    out = {}
+    for name, b in built.items():
+        assert b is not None  # else errors were raised
+        try:
+            out[name] = b.cls(b.config)
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug is still reported by path
+            errors.add(name, f"the {name} plugin section failed to start: "
+                             f"{type(exc).__name__}")
+    errors.raise_if_any()
+    return out
 
 
 def _dispatcher(registry: Registry, settings: Settings | None, sections: dict[str, Any],
@@ -305,11 +340,12 @@ def _dispatcher(registry: Registry, settings: Settings | None, sections: dict[st
     return built.get(mode)
 
 
-def _section_spec(name: str, section: Any, errors: Errors) -> ComponentSpec:
+def _section_spec(name: str, section: Any, errors: Errors,
+                  kind: str = "dispatcher") -> ComponentSpec:
     if section is None:
         section = {}
     if not isinstance(section, dict):
-        errors.add(name, f"must be a mapping of the {name} dispatcher's options")
+        errors.add(name, f"must be a mapping of the {name} {kind}'s options")
         section = {}
     if "type" in section:
         errors.add(f"{name}.type", "is not an option here: the section name is the type")

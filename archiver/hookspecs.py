@@ -69,6 +69,22 @@ def archiver_register_dispatchers(register: Callable[[type], None]) -> None:
 
 
 @hookspec
+def archiver_register_sections(register: Callable[[type], None]) -> None:
+    """Register plugin-owned top-level YAML sections by calling ``register(cls)``.
+
+    ``cls.name`` is the top-level key (``notify``) and ``cls.Config`` (a pydantic model,
+    e.g. :class:`archiver.components.ComponentConfig`) validates its mapping; errors name
+    the YAML path (``notify.endpoints[0].url``). Once the whole file is valid the core
+    builds ``cls(config)`` for each section present and keeps it in
+    ``LoadedConfig.sections[name]``; the constructor must do no I/O and start nothing
+    (``config check`` builds it too). A name that is a core setting or a dispatcher's, or
+    registered twice, is an error.
+
+    All implementations run; return value ignored.
+    """
+
+
+@hookspec
 def archiver_register_commands(cli: "click.Group") -> None:
     """Add commands to the ``archiver`` command line, e.g. ``@cli.command()``.
 
@@ -135,6 +151,18 @@ def archiver_job_done(job: "Job", state: str, results: "list[ArtifactResult]") -
     All implementations run; return value ignored.
     """
 
+
+
+@hookspec
+def archiver_job_expiring(job: "Job", state: str, expires_in: float, message: str) -> None:
+    """Called when an open job (``state`` ``waiting`` or ``incomplete``) is first warned
+    about because its ``expiresAt`` is ``expires_in`` seconds away, within
+    ``watch.expiry_warning``: once per job and ledger (when the ``expiry_warning`` event
+    is recorded). ``job`` is built from the job as last read from the API; ``message``
+    is the warning line. Raising here is logged, never fatal.
+
+    All implementations run; return value ignored.
+    """
 
 HOOK_NAMES: tuple[str, ...] = tuple(
     name for name in dict(globals()) if name.startswith("archiver_")

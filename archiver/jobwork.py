@@ -96,7 +96,8 @@ def warn_expiring(rt: Runtime, now: float | None = None) -> list[str]:
     """What ``watch`` does for open jobs, for one-pass commands: a warning line (on
     stderr, through logging) for every open job (waiting, incomplete) whose ``expiresAt``
     is within ``watch.expiry_warning``, and one ``expiry_warning`` event per job (none
-    when watch already recorded it). Returns the messages."""
+    when watch already recorded it), with the ``archiver_job_expiring`` hook. Returns
+    the messages."""
     window = float(rt.settings.watch.expiry_warning)
     if window <= 0:
         return []
@@ -114,6 +115,12 @@ def warn_expiring(rt: Runtime, now: float | None = None) -> list[str]:
         if row.job_id not in warned:
             rt.ledger.event("expiry_warning", msg, job_id=row.job_id)
             warned.add(row.job_id)
+            try:  # once per job and ledger, like the event (notifications, pagers)
+                rt.plugins.hook.archiver_job_expiring(
+                    job=Job(row.job_id, row.project_id, row.status, row.raw), state=row.state,
+                    expires_in=expires - now, message=msg)
+            except Exception:
+                log.exception("an archiver_job_expiring hook failed")
     return out
 
 

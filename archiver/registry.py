@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from .errors import PluginError
 
-KINDS = ("source", "transform", "sink", "dispatcher")
+# "section": a plugin-owned top-level YAML section (archiver_register_sections).
+KINDS = ("source", "transform", "sink", "dispatcher", "section")
 
 
 @dataclass

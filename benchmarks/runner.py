@@ -36,6 +36,7 @@ SCENARIOS = (
     ("decompress", "s5_decompress"),
     ("startup", "s6_startup"),
     ("scaleout", "s7_scaleout"),
+    ("celery", "s8_celery"),
 )
 
 

@@ -6,14 +6,19 @@ requests in flight. The same jobs (160 × 5 artifacts × 8 KiB by default) are a
 N = 1, 2, 4 and 8 worker processes (``workers: N``; N = 1 is the one ``archiver run``
 process, no child); the speed-up is throughput at N / throughput at N = 1 (target
 ≥ 0.8·N), CPU per artifact is the CPU of the whole process tree / artifacts (target
-≤ 1.15× one process). One more row measures the fixed cost of one worker process
-(``archiver worker --drain`` with nothing to claim: interpreter, imports, config, plugins,
-ledger, register/unregister), which every extra process adds whatever the run's size.
+≤ 1.15× one process). Two more rows measure the fixed cost of one worker process
+(``archiver worker --drain`` with nothing to claim): started with ``Popen`` (interpreter,
+imports, config, plugins, ledger, register/unregister: what the fork server, which the
+supervisor starts once per run, pays once), and forked from the fork server
+(archiver.workers.zygote: config, plugins, ledger, register/unregister), which is what
+every extra process adds whatever the run's size.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from pathlib import Path
 
 from .context import (Context, archiver_config, remove, run_archiver, set_aside,
@@ -28,6 +33,26 @@ CONCURRENCY = 4       # per worker process
 SIZE = 8 << 10
 PER_JOB = 5
 RSS_LIMIT_MIB = 100
+IDLE = "one worker process alone, nothing to claim (its fixed cost)"
+FORKED = "one worker forked from the fork server, nothing to claim (its fixed cost)"
+# Starts a fork server, forks one `archiver worker --drain --jsonl` from it and prints the
+# child's CPU (wait4 in the zygote) and the zygote's own (its imports, paid once per run).
+_FORKED_SCRIPT = """
+import json, os, resource, sys, time
+from archiver.workers.forkserver import ForkServer
+fs = ForkServer()
+assert fs.start(), "no fork server"
+t0 = time.perf_counter()
+child = fs.spawn([sys.executable, "-m", "archiver", "worker", "-c", sys.argv[1], "--drain",
+                  "--jsonl"], dict(os.environ))
+child.stdout.read()
+rc = child.wait(120)
+seconds = time.perf_counter() - t0
+fs.close()
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": rc, "cpu": child.cpu, "seconds": seconds,
+                  "zygote_cpu": ru.ru_utime + ru.ru_stime - child.cpu}))
+"""
 
 
 def label(n: int) -> str:
@@ -62,11 +87,13 @@ def run(ctx: Context) -> ScenarioResult:
         f"with `workers: N` for N = {', '.join(map(str, ns))} (N = 1 is the one `archiver "
         "run` process; with N > 1 it lists and triages the jobs, queues them in the SQLite "
         "ledger and N `archiver worker` children claim them). Same jobs, same latency for "
-        "every N: the speed-up is throughput at N / throughput at N = 1. The last row is "
-        "the fixed cost of one worker process: `archiver worker --drain` with nothing to "
-        "claim (interpreter start-up, imports, config, plugins, opening the ledger, "
-        "registering and unregistering), which each extra process adds to the run's CPU "
-        "whatever its size. Peak RSS is the largest single process (GNU time); the table "
+        "every N: the speed-up is throughput at N / throughput at N = 1. The last two rows "
+        "are the fixed cost of one worker process, `archiver worker --drain` with nothing "
+        "to claim: started with `Popen` (interpreter start-up, imports, config, plugins, "
+        "opening the ledger, registering and unregistering; the supervisor's fork server "
+        "pays about this once per run), and forked from the fork server as the supervisor "
+        "starts its workers (config, plugins, ledger: what each extra process adds to the "
+        "run's CPU whatever its size). Peak RSS is the largest single process (GNU time); the table "
         "below also shows the supervisor and the largest worker apart (sampled from "
         "`/proc`)."))
     work = ctx.scratch("s7")
@@ -101,17 +128,31 @@ def run(ctx: Context) -> ScenarioResult:
         # the fixed cost of one worker: a ledger with nothing queued
         idle_cfg = write_config(work / "idle.yaml", archiver_config(
             emu, work / "archive-idle", work / "state-idle", concurrency=CONCURRENCY))
-        idle_label = "one worker process alone, nothing to claim (its fixed cost)"
 
         def idle(rep: int) -> Measurement:
             return run_process([ctx.python, "-m", "archiver", "worker", "-c", str(idle_cfg),
-                                "--drain", "--jsonl"], what=idle_label, timeout=120,
+                                "--drain", "--jsonl"], what=IDLE, timeout=120,
                                env=ctx.env).measurement
 
+        def forked(rep: int) -> Measurement:
+            out = run_process([ctx.python, "-c", _FORKED_SCRIPT, str(idle_cfg)], what=FORKED,
+                              timeout=120, env=ctx.env).stdout
+            got = json.loads(out.strip().splitlines()[-1])
+            if got["rc"] != 0:
+                raise BenchError(f"{FORKED}: exit code {got['rc']}")
+            return Measurement(got["seconds"], cpu_seconds=got["cpu"],
+                               extra={"zygote_cpu": got["zygote_cpu"]})
+
         variants = [variant(n) for n in ns]
-        variants.append(Variant(idle_label, idle, role="reference", note=(
-            "`archiver worker -c FILE --drain --jsonl` (what the supervisor starts) on an "
-            "empty ledger: it claims nothing and exits")))
+        variants.append(Variant(IDLE, idle, role="reference", note=(
+            "`archiver worker -c FILE --drain --jsonl` started with `Popen` on an empty "
+            "ledger: it claims nothing and exits (the fork server pays about this once per "
+            "run: interpreter and imports)")))
+        if sys.platform.startswith("linux"):
+            variants.append(Variant(FORKED, forked, role="reference", note=(
+                "the same command forked from the fork server (archiver.workers.zygote), as "
+                "the supervisor starts its workers: the child's own CPU (from `wait4`); "
+                "time from the spawn request to the child's exit; no RSS")))
         ctx.log(f" {n_art} artifacts, {ms}: N = {', '.join(map(str, ns))} "
                 f"x {ctx.reps} runs (fewer for: {reps or 'none'})")
         try:
@@ -131,11 +172,15 @@ def _median_cpu(row) -> float | None:
 def _report(res: ScenarioResult, ns: tuple[int, ...], n_art: int, ms: str) -> None:
     one = res.row(label(1))
     cpu1 = _median_cpu(one)
-    idle = res.row("one worker process alone, nothing to claim (its fixed cost)")
-    fixed = _median_cpu(idle) or 0.0
+    once = _median_cpu(res.row(IDLE)) or 0.0
+    try:
+        fixed = _median_cpu(res.row(FORKED)) or 0.0
+    except KeyError:  # no fork server: each worker starts with Popen
+        once, fixed = 0.0, once
     lines = [f"Speed-up and CPU per artifact ({n_art:,} artifacts, {ms} per request; "
-             f"*steady-state*: the CPU less N × one worker's fixed cost "
-             f"({fixed:.2f} s), i.e. what each artifact costs once the processes run; "
+             f"*steady-state*: the CPU less the fixed costs of the worker processes (the "
+             f"fork server's start-up, {once:.2f} s, once, and N × one forked worker's, "
+             f"{fixed:.2f} s), i.e. what each artifact costs once the processes run; "
              "information, not a target):", "",
              "| N | median s | artifacts/s | speed-up | target 0.8·N | CPU s | CPU ms per "
              "artifact | vs N = 1 | steady-state ms per artifact | peak RSS MiB: largest "
@@ -149,7 +194,7 @@ def _report(res: ScenarioResult, ns: tuple[int, ...], n_art: int, ms: str) -> No
         cpu = _median_cpu(row)
         per = cpu / n_art * 1000 if cpu is not None else None
         vs1 = cpu / cpu1 if cpu and cpu1 else None
-        steady = (cpu - (n if n > 1 else 0) * fixed) / n_art * 1000 if cpu else None
+        steady = (cpu - (once + n * fixed if n > 1 else 0)) / n_art * 1000 if cpu else None
         parents = [k for k in row.extra("rss_parent_kib") if k]
         workers = [k for ks in row.extra("rss_workers_kib") for k in ks]
         rss = row.peak_rss_kib or 0

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["large", "fanout", "small", "rerun", "decompress", "startup", "scaleout"]
+SCENARIOS = ["large", "fanout", "small", "rerun", "decompress", "startup", "scaleout",
+             "celery"]
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("curl", "zstd", "gzip", "sha256sum", "timeout",
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_runs_in_smoke_mode(name: str, tmp_path: Path):
+    if name == "celery":
+        _need_fleet_services()
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--only", name, "--no-chart",
@@ -54,6 +57,25 @@ def test_scenario_runs_in_smoke_mode(name: str, tmp_path: Path):
         assert all(k > 0 for k in run["extra"]["rss_workers_kib"])
         assert run["extra"]["rss_parent_kib"] > 0
         assert "Speed-up and CPU per artifact" in page
+
+
+def _need_fleet_services() -> None:
+    """Scenario 8 needs PostgreSQL, Redis and the Celery plugin: skip without them
+    (fail under CI=true, where they must be there)."""
+    import importlib.util
+    import os
+    import socket
+    missing = [] if importlib.util.find_spec("archiver_celery") else ["archiver-celery"]
+    for what, port in (("PostgreSQL", 5432), ("Redis", 6379)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            missing.append(f"{what} on 127.0.0.1:{port}")
+    if missing:
+        message = f"scenario 8 needs {', '.join(missing)}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
 
 
 def test_merge_keeps_the_scenarios_not_rerun(tmp_path: Path):

@@ -413,7 +413,7 @@ def recorded_retention(data: dict[str, Any]) -> dict[str, Any]:
         out["mode"] = mode
     if until:
         out["retain_until"] = until
-    if data.get("object_lock_legal_hold") == "ON":
+    if data.get("object_lock_legal_hold") == "ON" or data.get("legal_hold") is True:
         out["legal_hold"] = True
     for hold in ("temporary_hold", "event_based_hold"):
         if data.get(hold) is True:

@@ -173,9 +173,10 @@ def verify_export(text: str, ledger_lines: dict[int, str], where: str,
 
 
 # What sinks report about retention in ``StoredObject.extra`` (S3 Object Lock, GCS object
-# retention and holds); recorded as a "retention" audit record when present.
+# retention and holds; any sink: ``retention`` {mode, retain_until} and ``legal_hold``
+# True, e.g. Azure's version-level immutability); recorded as a "retention" audit record.
 RETENTION_KEYS = ("object_lock_mode", "object_lock_retain_until", "object_lock_legal_hold",
-                  "retention", "temporary_hold", "event_based_hold",
+                  "retention", "legal_hold", "temporary_hold", "event_based_hold",
                   "retention_expiration_time", "read_only")
 
 

@@ -73,6 +73,8 @@ class Service:
 
             built = rt.loaded.dispatcher
             self.dispatcher = built.cls(built.config)
+            if self.metrics is not None:
+                self.metrics.add_dispatcher(self.dispatcher)
 
             def dispatch(jobs) -> RunReport:
                 report = RunReport()

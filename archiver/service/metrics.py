@@ -137,6 +137,34 @@ class _LedgerCollector:
                                 "watch.expiry_warning.", value=soon)
 
 
+class _DispatchCollector:
+    """A dispatcher's numbers: ``x_total`` as counters, the rest as gauges."""
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        mode = getattr(self.dispatcher, "name", "?")
+        try:
+            stats = self.dispatcher.stats()
+        except Exception:  # a scrape must not fail because a plugin did
+            return
+        for key, value in sorted(stats.items()):
+            if not isinstance(value, (int, float)) or not key.replace("_", "").isalnum():
+                continue
+            name, doc = f"archiver_{key}", f"Dispatcher ({mode}): {key.replace('_', ' ')}."
+            if key.endswith("_total"):
+                fam = CounterMetricFamily(name.removesuffix("_total"), doc)
+            else:
+                fam = GaugeMetricFamily(name, doc)
+            fam.add_metric([], float(value))
+            yield fam
+
+
 class ServiceMetrics:
     """Every metric of one service; ``render()`` gives the exposition text.
 
@@ -197,6 +225,10 @@ class ServiceMetrics:
                              registry=r)
             cap.set(queue.maxsize)
         r.register(_LedgerCollector(ledger, expiry_warning, clock, lease_ttl))
+
+    def add_dispatcher(self, dispatcher) -> None:
+        """Expose a dispatcher's ``stats()`` (:mod:`archiver.dispatch`) at scrape time."""
+        self.registry.register(_DispatchCollector(dispatcher))
 
     # ------------------------------------------------------------------ hooks
     @hookimpl

@@ -330,3 +330,8 @@ class Watcher:
                 self.ledger.event("expiry_warning", msg, job_id=oj.job_id)
                 self.metrics.expiry_warning()
                 self._warned.add(oj.job_id)
+                try:  # as for one-pass commands (jobwork.warn_expiring): once per job
+                    self.rt.plugins.hook.archiver_job_expiring(
+                        job=oj.job, state=oj.state, expires_in=left, message=msg)
+                except Exception:
+                    log.exception("an archiver_job_expiring hook failed")

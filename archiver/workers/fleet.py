@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import AuthError, SinkError, SourceError
 from ..executors import RunReport
 from ..jobwork import PARKED, SKIPPED, JobOutcome, settle
-from ..ledger import SETTLED
+from ..ledger import CLAIMABLE, SETTLED
 from ..recovery import recover_dead_writers
 from .supervisor import Child, Supervisor, respawn_delay
 
@@ -49,8 +49,11 @@ def triage_and_enqueue(rt: Runtime, jobs, report: RunReport) -> list[str]:
             report.add(settled)
         else:
             todo.append(job)
-    if todo:
-        rt.ledger.enqueue(todo)
+    # Already on the queue (queued, or incomplete and waiting for its retry): a watch
+    # pass over a large backlog must not rewrite every row of it on every poll.
+    fresh = [j for j in todo if states.get(j.id) not in CLAIMABLE]
+    if fresh:
+        rt.ledger.enqueue(fresh)
     return [j.id for j in todo]
 
 
@@ -116,6 +119,7 @@ def run_with_workers(rt: Runtime, config_file: str, n: int, *,
     finally:
         sup.stop(now=True)
         sup.wait_all(10)
+        sup.close()
     if rt.draining.is_set() and not report.fatal:
         report.interrupted = True
     return report
@@ -257,3 +261,4 @@ class WorkerPool:
         self.sup.kill_overdue(grace)
         self.sup.signal_all(signal.SIGKILL)
         self.sup.wait_all(5)
+        self.sup.close()

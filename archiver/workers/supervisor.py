@@ -1,7 +1,9 @@
 """The supervisor of local worker processes (``workers: N``, ``--workers N``).
 
 It starts N real child processes (``python -m archiver worker -c FILE --jsonl``), each in
-its own session so that a terminal's Ctrl-C reaches the supervisor only, and:
+its own session so that a terminal's Ctrl-C reaches the supervisor only, forked from one
+fork server (:mod:`.forkserver`, :mod:`.zygote`: the interpreter and its imports are paid
+once, not once per child) or, when there is none, with ``subprocess.Popen``, and:
 
 * reads each child's stdout, one JSON object per line (hello, progress, outcome), and
   hands the events to its owner, which merges them into one progress display, one
@@ -29,7 +31,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
+
+from .forkserver import ForkedProcess, ForkServer
 
 log = logging.getLogger("archiver.workers.supervisor")
 
@@ -44,7 +48,7 @@ ABORT_KILL_AFTER = 5.0
 @dataclass
 class Child:
     index: int
-    proc: subprocess.Popen
+    proc: Union[subprocess.Popen, ForkedProcess]
     started: float
     worker_id: str | None = None
     reader: threading.Thread | None = None
@@ -71,6 +75,8 @@ class Supervisor:
     _stopped_at: float | None = None
     _aborted_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: False: always Popen; None: not started yet (started with the first child)
+    fork_server: ForkServer | bool | None = None
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "archiver"]
@@ -78,10 +84,19 @@ class Supervisor:
             cmd.append("-" + "v" * self.verbosity)
         return [*cmd, "worker", "-c", self.config_file, "--jsonl", *self.worker_args]
 
+    def _forks(self) -> ForkServer | None:
+        if self.fork_server is None:
+            server = ForkServer() if ForkServer.enabled() else None
+            self.fork_server = server if server is not None and server.start() else False
+        return self.fork_server or None
+
     def spawn(self, index: int) -> Child:
-        proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "ARCHIVER_WORKER_INDEX": str(index)})
+        cmd, env = self.command(), {**os.environ, "ARCHIVER_WORKER_INDEX": str(index)}
+        forks = self._forks()
+        proc = forks.spawn(cmd, env) if forks is not None else None
+        if proc is None:  # no fork server (or it died): as before
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=env)
         child = Child(index, proc, time.monotonic())
         child.reader = threading.Thread(target=self._read, args=(child,),
                                         name=f"archiver-worker-{index}-out", daemon=True)
@@ -183,6 +198,12 @@ class Supervisor:
             self.reap()
             time.sleep(0.05)
         self.reap()
+
+    def close(self) -> None:
+        """End the fork server (after :meth:`wait_all`): children still running go on
+        in their own sessions, as Popen children would."""
+        if isinstance(self.fork_server, ForkServer):
+            self.fork_server.close()
 
 
 def _describe(rc: int) -> str:

@@ -188,8 +188,10 @@ def stored_files(root: Path, name: str) -> list[Path]:
 
 
 def children_of(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (from /proc; psutil is not installed)."""
-    out = []
+    """Pids whose parent is ``pid``, and their children (from /proc; psutil is not
+    installed): a run's worker processes are children of its fork server, the run's
+    child (archiver.workers.zygote), or the run's own children without one."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -198,10 +200,9 @@ def children_of(pid: int) -> list[int]:
         except OSError:
             continue
         # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    children = [p for p, parent in parents.items() if parent == pid]
+    return children + [p for p, parent in parents.items() if parent in children]
 
 
 def process_state(pid: int) -> str:

@@ -170,7 +170,11 @@ class Fleet:
                  top: str = "", ledger: str = '{url: "${ARCHIVER_LEDGER_URL}"}'):
         self.emu, self.tmp, self.broker = emu, tmp_path, broker
         self.config = tmp_path / "archiver.yaml"
-        self.config.write_text(basic_config(emu, tmp_path, top=textwrap.dedent(f"""\
+        # fsync off: these tests are about who archives what, not about the disk
+        base = basic_config(emu, tmp_path, top="").replace(
+            f"root: {tmp_path / 'archive'}\n", f"root: {tmp_path / 'archive'}\n"
+            "    fsync: false\n", 1)
+        self.config.write_text(base + (textwrap.dedent(f"""\
             ledger: {ledger}
             lease: {lease}
             dispatch: {dispatch}
@@ -178,6 +182,7 @@ class Fleet:
               broker_url: "${{ARCHIVER_BROKER_URL}}"
               queue: {broker.queue}
             """) + textwrap.indent(textwrap.dedent(celery), "  ") + textwrap.dedent(top)))
+        assert "fsync: false" in self.config.read_text()
         self.env = {**os.environ, "PLANGREP_API_KEY": emu.api_key,
                     "ARCHIVER_LEDGER_URL": ledger_url, "ARCHIVER_BROKER_URL": broker.url,
                     "ARCHIVER_CONFIG": str(self.config), "ARCHIVER_PLUGINS": PLUGINS}
@@ -219,9 +224,12 @@ class Fleet:
         for p in self.procs:
             if p.proc.poll() is None:
                 try:
-                    os.killpg(p.proc.pid, signal.SIGTERM)
+                    if os.getpgid(p.proc.pid) == p.proc.pid:
+                        os.killpg(p.proc.pid, signal.SIGTERM)
+                    else:
+                        p.proc.send_signal(signal.SIGTERM)
                 except (ProcessLookupError, PermissionError):
-                    p.proc.send_signal(signal.SIGTERM)
+                    pass
         deadline = time.monotonic() + 20
         for p in self.procs:
             try:
@@ -306,9 +314,13 @@ def with_env(env: dict[str, str]) -> None:
 
 
 def kill_group(p: Proc) -> None:
+    """SIGKILL ``p`` (and its children when it leads its own process group)."""
     for sig in (signal.SIGCONT, signal.SIGKILL):
         try:
-            os.killpg(p.proc.pid, sig)
+            if os.getpgid(p.proc.pid) == p.proc.pid:
+                os.killpg(p.proc.pid, sig)
+            else:
+                os.kill(p.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
     try:

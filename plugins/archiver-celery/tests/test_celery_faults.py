@@ -45,6 +45,7 @@ def writer_pid(fleet, path: str) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
 def test_a_worker_killed_mid_artifact_is_replaced_and_its_job_finished(make_fleet, emu):
     big = slow_job(emu)
     jobs = [big, *add_small_jobs(emu, 10)]
@@ -63,6 +64,7 @@ def test_a_worker_killed_mid_artifact_is_replaced_and_its_job_finished(make_flee
     fleet.check_invariants(jobs, artifacts=12, refetched={"big.bin"})
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_the_dispatcher_killed_and_restarted_loses_nothing(make_fleet, emu):
     jobs = add_small_jobs(emu, 30)
     fleet = make_fleet()
@@ -70,6 +72,7 @@ def test_the_dispatcher_killed_and_restarted_loses_nothing(make_fleet, emu):
     # no workers yet: jobs are queued in the ledger and sent to the broker
     wait_for("jobs sent", lambda: fleet.broker.depth() >= 10, timeout=60, procs=(disp,))
     kill_group(disp)
+    assert disp.proc.returncode == -9
     fleet.broker.cleanup()   # and the broker lost every message meanwhile
     workers = fleet.workers(2)
     disp2 = fleet.dispatcher()
@@ -78,6 +81,7 @@ def test_the_dispatcher_killed_and_restarted_loses_nothing(make_fleet, emu):
     fleet.check_invariants(jobs, artifacts=30)
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_worker_stopped_past_its_lease_fences_itself(make_fleet, emu):
     big = slow_job(emu, size=4 * MiB, delay=0.03)
     fleet = make_fleet(lease="{ttl: 4s, heartbeat: 1s, max_lost: 3}")
@@ -163,6 +167,7 @@ def test_postgres_restarted_while_jobs_are_in_flight(make_fleet, emu, broker):
     fleet.check_invariants(jobs, artifacts=len(jobs) + 1, refetched=None)
 
 
+@pytest.mark.parametrize("broker", ["rabbitmq"], indirect=True)
 def test_a_duplicated_publish_is_harmless(make_fleet, emu):
     jobs = add_small_jobs(emu, 20)
     fleet = make_fleet()

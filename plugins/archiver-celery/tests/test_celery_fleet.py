@@ -46,3 +46,4 @@ def test_only_job_ids_travel_through_the_broker(make_fleet, emu, broker, ledger_
     fleet.stop_all()
     for p in fleet.procs:
         assert "pg-pw-4471" not in p.stderr + p.stdout and emu.api_key not in p.stderr
+        assert "guest:guest" not in p.stderr + p.stdout  # the broker's password
