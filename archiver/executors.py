@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .cancel import Cancelled
 from .errors import AuthError, SinkError, SourceError
 from .jobwork import (BACKOFF, BUSY, LEASE_LOST, PARKED, SKIPPED, JobOutcome, archive_job,
                       settle)
@@ -179,7 +180,7 @@ def run_pass(rt: Runtime, executor: ThreadExecutor, *, job_ids: Iterable[str] | 
         if explicit:
             jobs = _named_jobs(rt, job_ids, states, report)
         elif jobs is None:
-            jobs = rt.source.iter_jobs()
+            jobs = _cut_by_stop(rt, rt.source.iter_jobs())
         for job in jobs:
             if rt.draining.is_set():
                 break
@@ -194,8 +195,9 @@ def run_pass(rt: Runtime, executor: ThreadExecutor, *, job_ids: Iterable[str] | 
                 futures.append(got)
     except AuthError as exc:
         _auth_refused(rt, report, exc)
-    except (SourceError, SinkError) as exc:
-        report.fatal = str(exc)
+    except (SourceError, SinkError, Cancelled) as exc:
+        if not (rt.stop.is_set() and isinstance(exc, (SourceError, Cancelled))):
+            report.fatal = str(exc)  # else our own stop cut the listing: interrupted
     for fut in futures:  # also after a fatal error mid-listing: what started, finishes
         try:
             report.add(fut.result())
@@ -204,6 +206,12 @@ def run_pass(rt: Runtime, executor: ThreadExecutor, *, job_ids: Iterable[str] | 
     if rt.draining.is_set() and not report.fatal:
         report.interrupted = True
     return report
+
+
+def _cut_by_stop(rt: Runtime, jobs: Iterable[Job]) -> Iterator[Job]:
+    """``jobs`` (a listing, read page by page) with its requests cut by a stop."""
+    with rt.cancel.scope():
+        yield from jobs
 
 
 def _named_jobs(rt: Runtime, job_ids: Iterable[str], states: dict[str, str],

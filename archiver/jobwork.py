@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .cancel import Cancelled
 from .errors import ArchiverError, AuthError, LeaseLost, SourceError
 from .fanout import Item, store_item
 from .humanize import duration, parse_iso
@@ -150,7 +151,10 @@ def archive_job(rt: Runtime, job: Job, pool: Executor, lease: JobLease, *,
     (the key was refused); everything else is the outcome."""
     out = JobOutcome(job.id, INCOMPLETE, expires_at=job.expires_at)
     try:
-        _archive(rt, job, pool, lease, out, backoff)
+        # Every request of the job (its result, not only the objects' transfers, which
+        # open scopes of their own) is cut by a stop, however stalled its connection.
+        with rt.cancel.scope():
+            _archive(rt, job, pool, lease, out, backoff)
     except AuthError:
         rt.stop.set()
         raise
@@ -158,8 +162,13 @@ def archive_job(rt: Runtime, job: Job, pool: Executor, lease: JobLease, *,
         out.state, out.message = LEASE_LOST, str(exc)
         log.warning("job %s: %s; its final state is left to the new owner", job.id, exc)
     except Exception as exc:  # one job's failure must not end the pass
-        log.exception("job %s failed", job.id)
-        msg = exc if isinstance(exc, ArchiverError) else f"internal error: {exc!r}"
+        if isinstance(exc, Cancelled) or (rt.stop.is_set() and isinstance(exc, SourceError)):
+            # our own stop cut the job's requests: an interruption, not a failure
+            log.warning("job %s: stopped: %s", job.id, exc)
+            msg = f"stopped, nothing partial kept ({exc})"
+        else:
+            log.exception("job %s failed", job.id)
+            msg = exc if isinstance(exc, ArchiverError) else f"internal error: {exc!r}"
         out.state, out.problems = INCOMPLETE, [f"job {job.id}: {msg}"]
         try:
             lease.finish(job, INCOMPLETE, out.problems[0], not_before=_nb(rt, lease, backoff))

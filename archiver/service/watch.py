@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..cancel import Cancelled
 from ..errors import ArchiverError, AuthError, SourceError
 from ..ledger import INCOMPLETE, SETTLED, WAITING
 from ..model import Job
@@ -189,6 +190,8 @@ class Watcher:
             fn(*args)
         except AuthError as exc:
             self._fail(str(exc))
+        except Cancelled:  # our own stop cut the pass's requests: nothing to report
+            log.info("watch pass cut short by the stop")
         except Exception:  # a bug in one pass must not end the service
             log.exception("watch pass failed; trying again at the next poll")
 
@@ -202,7 +205,8 @@ class Watcher:
     def poll_once(self) -> RunReport | None:
         """One poll: list, pick, archive, then look at expiry."""
         try:
-            listed = list(self.source.iter_jobs())
+            with self.rt.cancel.scope():  # a stop cuts a stalled listing too
+                listed = list(self.source.iter_jobs())
         except AuthError:
             raise
         except SourceError as exc:

@@ -47,6 +47,9 @@ class Faults:
     wrong_length_n: int = 0
     slow_body: float = 0.0
     latency: float = 0.0
+    # extra seconds before answering these API routes (``{"result": 120}``): a server
+    # that accepted the request and went silent before its headers
+    route_latency: dict[str, float] = field(default_factory=dict)
     redirect_artifacts: bool = False
     chunked: bool = False
     fault_paths: set[str] | None = None
@@ -163,7 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
             split = urlsplit(target)
             query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
             self._url_path, self._query = split.path, query
-            latency = self.server.emulator.faults.latency
+            faults = self.server.emulator.faults
+            latency = faults.latency
+            if faults.route_latency:
+                route = match_api_route(split.path, self.server.emulator.api_prefix)[0]
+                latency += faults.route_latency.get(route, 0.0)
             if latency > 0:
                 self.server.stopping.wait(latency)
             self.dispatch(split.path, query, head, allowed)

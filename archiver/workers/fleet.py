@@ -20,6 +20,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..cancel import Cancelled
 from ..errors import AuthError, SinkError, SourceError
 from ..executors import RunReport
 from ..jobwork import PARKED, SKIPPED, JobOutcome, settle
@@ -102,18 +103,23 @@ def run_with_workers(rt: Runtime, config_file: str, n: int, *,
     report = RunReport()
     since = time.time()
     try:
-        queued = triage_and_enqueue(rt, rt.source.iter_jobs(), report)
+        with rt.cancel.scope():  # a stop cuts a stalled listing too
+            queued = triage_and_enqueue(rt, rt.source.iter_jobs(), report)
     except AuthError as exc:
         report.fatal, report.auth_refused = str(exc), True
         return report
-    except (SourceError, SinkError) as exc:
-        report.fatal = str(exc)
+    except (SourceError, SinkError, Cancelled) as exc:
+        if rt.stop.is_set() and isinstance(exc, (SourceError, Cancelled)):
+            report.interrupted = True  # our own stop cut the listing
+        else:
+            report.fatal = str(exc)
         return report
     if not queued:
         return report
     events = _Events(rt, report)
     sup = Supervisor(config_file, n, events, on_death=lambda c, rc: _expire(rt, c),
-                     worker_args=["--drain", "--since", repr(since)], verbosity=verbosity)
+                     worker_args=["--drain", "--since", repr(since)], verbosity=verbosity,
+                     progress=rt.shows_progress)
     try:
         _drive(rt, sup, events, queued, n, report)
     finally:
@@ -209,8 +215,9 @@ class WorkerPool:
                  on_outcome: Callable[[JobOutcome], None] | None = None):
         self.rt = rt
         self.on_outcome = on_outcome or (lambda o: None)
+        # progress=False: the pool shows no progress (only outcomes count, see _event)
         self.sup = Supervisor(config_file, n, self._event, on_death=self._death,
-                              verbosity=verbosity)
+                              verbosity=verbosity, progress=False)
         self.n = n
         self._deaths_in_a_row = 0
         self._thread: threading.Thread | None = None

@@ -10,6 +10,7 @@ the first signal aborts at once, as ``run`` does.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from ..commands import open_runtime, stop_signals
+from ..progress import ENV as PROGRESS_ENV
 
 
 def main(config_file: str, *, drain: bool, jsonl: bool, since: float | None) -> int:
@@ -36,8 +38,9 @@ def main(config_file: str, *, drain: bool, jsonl: bool, since: float | None) -> 
     rt = open_runtime(config_file)
     rt.worker = new_worker_id()
     if jsonl:
-        rt.on_progress = lambda kind, data: emit({"type": "progress", "kind": kind,
-                                                  "data": data})
+        if os.environ.get(PROGRESS_ENV) != "0":  # "0": the supervisor shows no progress
+            rt.on_progress = lambda kind, data: emit({"type": "progress", "kind": kind,
+                                                      "data": data})
         emit({"type": "hello", "worker_id": rt.worker.id, "pid": rt.worker.pid})
     try:
         if not drain:  # a supervisor in drain mode did both already

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+from ..progress import ENV as PROGRESS_ENV
 from .forkserver import ForkedProcess, ForkServer
 
 log = logging.getLogger("archiver.workers.supervisor")
@@ -69,6 +70,9 @@ class Supervisor:
     on_death: Callable[[Child, int], None] = lambda child, rc: None
     worker_args: list[str] = field(default_factory=list)
     verbosity: int = 0
+    #: False: nobody shows the children's progress, so they send none (ARCHIVER_PROGRESS=0:
+    #: no JSON line per object and job to write, read and parse)
+    progress: bool = True
     children: dict[int, Child] = field(default_factory=dict)
     stopping: bool = False
     deaths: int = 0
@@ -92,6 +96,8 @@ class Supervisor:
 
     def spawn(self, index: int) -> Child:
         cmd, env = self.command(), {**os.environ, "ARCHIVER_WORKER_INDEX": str(index)}
+        if not self.progress:
+            env[PROGRESS_ENV] = "0"
         forks = self._forks()
         proc = forks.spawn(cmd, env) if forks is not None else None
         if proc is None:  # no fork server (or it died): as before

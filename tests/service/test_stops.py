@@ -129,3 +129,29 @@ def test_serve_workers_stop_a_stalled_download_in_the_child(emu, tmp_path):
     assert proc.returncode == 0
     assert elapsed < 3, elapsed
     _check_stopped_then_resumed(emu, tmp_path, cfg, job, "serve.log")
+
+
+@pytest.mark.parametrize("route", ["jobs", "result"])
+def test_a_stop_cuts_a_stalled_listing_or_result_request(route, emu, tmp_path):
+    """The server accepted the request and went silent before its headers: the job
+    listing (``run``'s pass) or the job's result. SIGTERM exits within 2 s, not after the
+    60 s read timeout; nothing is recorded as failed; the next run archives the job."""
+    emu.add_project(project_id="p1", name="P")
+    job = emu.add_job("p1", artifacts=[ArtifactSpec("notes.json", 500)])["id"]
+    cfg = service_config(emu, tmp_path)
+    emu.faults.route_latency = {route: 300.0}
+    proc = _start(["run"], cfg, tmp_path, emu, "run")
+    time.sleep(3)   # well inside the stalled request
+    took = _stop(proc, 1)
+    log = (tmp_path / "run.log").read_text()
+    assert took < 2.0, (took, log[-2000:])
+    assert proc.returncode == 130, log[-2000:]
+    assert "Traceback" not in log, log[-3000:]
+    emu.faults.route_latency = {}
+    nxt = _start(["run"], cfg, tmp_path, emu, "next")
+    assert nxt.wait(60) == 0, (tmp_path / "next.log").read_text()[-3000:]
+    ledger = open_ledger(tmp_path / "state")
+    try:
+        assert ledger.job_states()[job] == "archived"
+    finally:
+        ledger.close()

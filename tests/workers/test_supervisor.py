@@ -118,3 +118,28 @@ def test_command_and_respawn_delay(config):
     assert cmd[1:] == ["-m", "archiver", "-vv", "worker", "-c", config, "--jsonl",
                        "--drain"]
     assert [respawn_delay(n) for n in (0, 1, 2, 3, 4, 7, 50)] == [0, 0, 1, 2, 4, 30, 30]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_children_send_progress_only_when_somebody_shows_it(config, emu, tmp_path, progress):
+    """progress=False (no display in the parent; always for watch/serve): ARCHIVER_PROGRESS=0
+    in the children's environment, and they send only hello and outcome lines."""
+    from archiver.testing.emulator import ArtifactSpec
+    emu.add_project(project_id="proj_s", name="S")
+    ids = [emu.add_job("proj_s", artifacts=[ArtifactSpec(f"f{i}.bin", 1000, where="document")])
+           ["id"] for i in range(3)]
+    led = open_ledger(tmp_path / "state")
+    try:
+        led.enqueue(Job(j["id"], j["projectId"], j["status"], j) for j in map(emu.job, ids))
+    finally:
+        led.close()
+    events = Events()
+    sup = Supervisor(config, 1, events, worker_args=["--drain"], progress=progress)
+    try:
+        sup.start()
+        sup.wait_all(60)
+    finally:
+        sup.close()
+    kinds = [e["type"] for _, e in events.got]
+    assert kinds.count("outcome") == 3 and sup.deaths == 0
+    assert ("progress" in kinds) is progress

@@ -14,7 +14,6 @@ import pytest
 
 from archiver_azure.testing import INSTALL_HINT, azurite_binary, azurite_server
 
-KiB, MiB = 1 << 10, 1 << 20
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +66,3 @@ def make_sink(azurite, container):
     for sink in made:
         sink.close()
 
-
-def uncommitted(service, container: str) -> list[str]:
-    """Names holding only staged (uncommitted) blocks."""
-    c = service.get_container_client(container)
-    committed = set(c.list_blob_names())
-    return [b.name for b in c.list_blobs(include=["uncommittedblobs"])
-            if b.name not in committed]

@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import MiB, uncommitted
+from azure_helpers import MiB, uncommitted
 
 from archiver.errors import ConflictError, SinkError
 from archiver.testing.sink_contract import payload, sha256_digests, store

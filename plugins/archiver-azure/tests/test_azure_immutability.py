@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from azure_proxy import LEGAL_HOLD, POLICY_MODE, POLICY_UNTIL, Proxy
-from conftest import MiB
+from azure_helpers import MiB
 
 from archiver.errors import SinkError
 from archiver.testing.sink_contract import payload, store

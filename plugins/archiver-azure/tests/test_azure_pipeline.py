@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from azure_proxy import Proxy
-from conftest import MiB, uncommitted
+from azure_helpers import MiB, uncommitted
 
 from archiver import api
 from archiver.testing.emulator import ArtifactSpec

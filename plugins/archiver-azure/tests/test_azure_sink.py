@@ -9,7 +9,7 @@ import json
 
 import pytest
 from azure_proxy import Proxy
-from conftest import MiB, uncommitted
+from azure_helpers import MiB, uncommitted
 
 from archiver.errors import SinkError
 from archiver.testing.sink_contract import payload, sha256_digests, store
