@@ -26,6 +26,7 @@ from ..executors import RunReport
 from ..jobwork import PARKED, SKIPPED, JobOutcome, settle
 from ..ledger import CLAIMABLE, SETTLED
 from ..recovery import recover_dead_writers
+from .forkserver import ForkServer
 from .supervisor import Child, Supervisor, respawn_delay
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ FINAL = frozenset({"archived", "incomplete", "lost", "nothing_to_store", PARKED,
                    "busy"})
 
 
-def triage_and_enqueue(rt: Runtime, jobs, report: RunReport) -> list[str]:
-    """Settle every job; enqueue the ones to archive; their ids."""
+def triage_and_enqueue(rt: Runtime, jobs, report: RunReport, *,
+                       on_work: Callable[[], None] | None = None) -> list[str]:
+    """Settle every job; enqueue the ones to archive; their ids. ``on_work`` is called
+    once, at the first job that needs work (while the rest is still being listed)."""
     states = rt.ledger.job_states()
     todo: list[Job] = []
     for job in jobs:
@@ -49,6 +52,8 @@ def triage_and_enqueue(rt: Runtime, jobs, report: RunReport) -> list[str]:
         if settled is not None:
             report.add(settled)
         else:
+            if not todo and on_work is not None:
+                on_work()
             todo.append(job)
     # Already on the queue (queued, or incomplete and waiting for its retry): a watch
     # pass over a large backlog must not rewrite every row of it on every poll.
@@ -102,24 +107,30 @@ def run_with_workers(rt: Runtime, config_file: str, n: int, *,
     (the caller's signal handler) is forwarded to the workers."""
     report = RunReport()
     since = time.time()
+    # The fork server's imports (~0.6 s) overlap the rest of the listing: it is launched
+    # at the first job to archive, so that a pass with nothing to do never pays for it.
+    forks = ForkServer() if ForkServer.enabled() else None
     try:
         with rt.cancel.scope():  # a stop cuts a stalled listing too
-            queued = triage_and_enqueue(rt, rt.source.iter_jobs(), report)
+            queued = triage_and_enqueue(rt, rt.source.iter_jobs(), report,
+                                        on_work=forks.launch if forks else None)
     except AuthError as exc:
         report.fatal, report.auth_refused = str(exc), True
-        return report
+        queued = []
     except (SourceError, SinkError, Cancelled) as exc:
         if rt.stop.is_set() and isinstance(exc, (SourceError, Cancelled)):
             report.interrupted = True  # our own stop cut the listing
         else:
             report.fatal = str(exc)
-        return report
+        queued = []
     if not queued:
+        if forks is not None:
+            forks.close()
         return report
     events = _Events(rt, report)
     sup = Supervisor(config_file, n, events, on_death=lambda c, rc: _expire(rt, c),
                      worker_args=["--drain", "--since", repr(since)], verbosity=verbosity,
-                     progress=rt.shows_progress)
+                     progress=rt.shows_progress, fork_server=forks)
     try:
         _drive(rt, sup, events, queued, n, report)
     finally:

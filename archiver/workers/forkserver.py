@@ -124,47 +124,74 @@ class ForkServer:
         self._spawn_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self._start_env: dict[str, str] = {}
+        self._start_lock = threading.Lock()
 
     @staticmethod
     def enabled() -> bool:
         return (os.environ.get(ENV_SWITCH, "1") != "0" and sys.platform.startswith("linux")
                 and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds"))
 
+    def launch(self) -> None:
+        """Start the zygote without waiting for it (its imports take ~0.6 s of CPU: the
+        caller may have other things to do meanwhile)."""
+        with self._start_lock:
+            if self.proc is not None or self.dead:
+                return
+            theirs = None
+            try:
+                self._start_env = dict(os.environ)
+                self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self.proc = subprocess.Popen(
+                    command(theirs.fileno()), pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    start_new_session=True, env=self._start_env)
+            except (OSError, subprocess.SubprocessError) as exc:
+                self._failed(exc)
+            finally:
+                if theirs is not None:
+                    theirs.close()
+
     def start(self) -> bool:
-        """Start the zygote and wait for it to be ready; False (logged) if it could not."""
-        ours = theirs = None
-        try:
-            self._start_env = dict(os.environ)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self.proc = subprocess.Popen(command(theirs.fileno()), pass_fds=[theirs.fileno()],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         start_new_session=True, env=self._start_env)
-            theirs.close()
-            ours.settimeout(READY_TIMEOUT)
-            data = ours.recv(MAX_REPLY)
-            if not data:
-                raise OSError(f"it exited with {self.proc.wait(5)} before it was ready")
-            ready = json.loads(data)
-            if ready.get("op") != "ready":
-                raise OSError(f"unexpected first message {ready!r}")
-            ours.settimeout(None)
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            log.info("no fork server for the worker processes (%s); starting them with "
-                     "subprocess.Popen", exc)
-            for s in (ours, theirs):
-                if s is not None:
-                    s.close()
-            self._stop_proc()
-            self.dead = True
-            return False
-        self._sock, self.pid = ours, ready["pid"]
+        """Launch the zygote if need be and wait until it is ready; False (logged once)
+        if it could not start or has died since."""
+        self.launch()
+        with self._start_lock:
+            if self.dead or self._reader is not None:
+                return not self.dead
+            try:
+                self._sock.settimeout(READY_TIMEOUT)
+                data = self._sock.recv(MAX_REPLY)
+                if not data:
+                    raise OSError(f"it exited with {self.proc.wait(5)} before it was ready")
+                ready = json.loads(data)
+                if ready.get("op") != "ready":
+                    raise OSError(f"unexpected first message {ready!r}")
+                self._sock.settimeout(None)
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                self._failed(exc)
+                return False
+            self._started(ready)
+            return True
+
+    def _failed(self, exc: BaseException) -> None:
+        log.info("no fork server for the worker processes (%s); starting them with "
+                 "subprocess.Popen", exc)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.dead = True
+        if self.proc is not None:
+            self.proc.kill()  # it may be alive but useless (say, stuck in an import)
+            self.proc.wait(5)
+
+    def _started(self, ready: dict) -> None:
+        self.pid = ready["pid"]
         if ready.get("failed"):
             log.debug("fork server: not preloaded: %s", ", ".join(ready["failed"]))
         self._reader = threading.Thread(target=self._read, name="archiver-forkserver",
                                         daemon=True)
         self._reader.start()
         log.debug("fork server started (pid %d)", self.pid)
-        return True
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> ForkedProcess | None:
         """A child running ``argv`` (``python -m archiver ...``) with ``env``, its stdout
@@ -241,7 +268,10 @@ class ForkServer:
 
     def close(self, timeout: float = 5.0) -> None:
         """Close our end (the zygote exits on EOF) and reap the zygote, so that its CPU
-        time and its children's count in ours (``getrusage(RUSAGE_CHILDREN)``)."""
+        time and its children's count in ours (``getrusage(RUSAGE_CHILDREN)``). One that
+        never became ready is killed: nobody will use its imports."""
+        if self.proc is not None and self._reader is None and not self.dead:
+            self.proc.kill()
         self.dead = True
         if self._sock is not None:
             try:
@@ -256,7 +286,7 @@ class ForkServer:
         self._stop_proc(timeout)
 
     def _stop_proc(self, timeout: float = 5.0) -> None:
-        if self.proc is None:
+        if self.proc is None or self.proc.returncode is not None:
             return
         try:
             self.proc.wait(timeout)

@@ -89,10 +89,13 @@ class Supervisor:
         return [*cmd, "worker", "-c", self.config_file, "--jsonl", *self.worker_args]
 
     def _forks(self) -> ForkServer | None:
+        """The fork server, started with the first child (or launched earlier by the
+        caller); None: Popen."""
         if self.fork_server is None:
-            server = ForkServer() if ForkServer.enabled() else None
-            self.fork_server = server if server is not None and server.start() else False
-        return self.fork_server or None
+            self.fork_server = ForkServer() if ForkServer.enabled() else False
+        if self.fork_server and self.fork_server.start():
+            return self.fork_server
+        return None
 
     def spawn(self, index: int) -> Child:
         cmd, env = self.command(), {**os.environ, "ARCHIVER_WORKER_INDEX": str(index)}

@@ -24,8 +24,9 @@ then uses ``subprocess.Popen``) if an import started a thread. A child closes th
 socket and the other children's pidfds, gets its own session (``setsid``, as
 ``start_new_session=True``), its own stdin (/dev/null), stdout and stderr, the request's
 environment and working directory, default signal handlers and a fresh ``random`` seed,
-and leaves the zygote's stack before it runs the CLI, so that it exits like any
-interpreter (atexit handlers, non-daemon threads joined, stdio flushed).
+and leaves the zygote's serving loop before it runs the CLI. It ends as an interpreter
+does (non-daemon threads joined, atexit handlers run, stdio flushed) but with
+``os._exit``, skipping the teardown of every module (see :func:`run_child`).
 
 The zygote ends when the supervisor's end of the socket closes (EOF: the supervisor
 closed it or died), or when its parent changes (checked every second, in case the socket

@@ -49,6 +49,7 @@ def test_drained_children_end_cleanly(config):
     sup = Supervisor(config, 2, events, on_death=events.death, worker_args=["--drain"])
     sup.start()
     sup.wait_all(30)
+    sup.close()  # the fork server, if any
     assert sup.alive == 0 and sup.deaths == 0 and events.deaths == []
     hellos = events.hellos()
     assert sorted(hellos) == [0, 1]
@@ -77,6 +78,7 @@ def test_a_killed_child_is_a_death_a_stopped_one_is_not(config):
     finally:
         sup.signal_all(signal.SIGKILL)
         sup.wait_all(5)
+        sup.close()
 
 
 def test_the_pool_expires_a_dead_childs_leases_and_respawns_it(config, tmp_path):

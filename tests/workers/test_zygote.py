@@ -201,11 +201,21 @@ def test_fallback_to_popen_when_the_zygote_cannot_start(config, monkeypatch):
     events = Events()
     sup = Supervisor(config, 1, events, on_death=events.death, worker_args=["--drain"])
     sup.start()
-    assert sup.fork_server is False
+    assert isinstance(sup.fork_server, ForkServer) and sup.fork_server.dead
+    assert sup.fork_server.proc.returncode == 3  # reaped
     assert all(isinstance(c.proc, subprocess.Popen) for c in sup.children.values())
     sup.wait_all(30)
     assert sup.deaths == 0 and sorted(events.hellos()) == [0]
     sup.close()
+
+
+def test_a_launched_zygote_nobody_used_is_killed_at_close(config):
+    fs = ForkServer()
+    fs.launch()  # as a run does at its first job to archive, during the listing
+    pid = fs.proc.pid
+    fs.close()  # nothing was queued after all: its imports are of no use
+    assert fs.proc.returncode is not None and gone(pid)
+    assert fs.spawn([*ARCHIVER, "--version"], dict(os.environ)) is None
 
 
 def test_fork_server_switched_off(config, monkeypatch):

@@ -167,11 +167,12 @@ class Fleet:
     def __init__(self, emu, tmp_path: Path, broker: Broker, ledger_url: str, *,
                  lease: str = "{ttl: 6s, heartbeat: 1s, max_lost: 3}",
                  dispatch: str = "{mode: celery, redispatch_after: 3s}", celery: str = "",
-                 top: str = "", ledger: str = '{url: "${ARCHIVER_LEDGER_URL}"}'):
+                 top: str = "", ledger: str = '{url: "${ARCHIVER_LEDGER_URL}"}',
+                 extra_sink: str = "", env: dict[str, str] | None = None):
         self.emu, self.tmp, self.broker = emu, tmp_path, broker
         self.config = tmp_path / "archiver.yaml"
         # fsync off: these tests are about who archives what, not about the disk
-        base = basic_config(emu, tmp_path, top="").replace(
+        base = basic_config(emu, tmp_path, extra_sink=extra_sink, top="").replace(
             f"root: {tmp_path / 'archive'}\n", f"root: {tmp_path / 'archive'}\n"
             "    fsync: false\n", 1)
         self.config.write_text(base + (textwrap.dedent(f"""\
@@ -185,7 +186,9 @@ class Fleet:
         assert "fsync: false" in self.config.read_text()
         self.env = {**os.environ, "PLANGREP_API_KEY": emu.api_key,
                     "ARCHIVER_LEDGER_URL": ledger_url, "ARCHIVER_BROKER_URL": broker.url,
-                    "ARCHIVER_CONFIG": str(self.config), "ARCHIVER_PLUGINS": PLUGINS}
+                    "ARCHIVER_CONFIG": str(self.config),
+                    "ARCHIVER_PLUGINS": PLUGINS + (",s3,gcs" if extra_sink else ""),
+                    **(env or {})}
         self.procs: list[Proc] = []
         self.ledger_url = ledger_url
         self._n = 0

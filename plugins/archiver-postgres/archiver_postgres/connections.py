@@ -67,6 +67,10 @@ def _broken(conn: Any) -> bool:
     return conn is None or conn.closed or getattr(conn, "broken", False)
 
 
+#: Milliseconds a session may sit idle inside a transaction (see Connections).
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
 class Connections:
     """The writer connection and the read pool of one ledger handle (see module doc)."""
 
@@ -80,9 +84,16 @@ class Connections:
             self._kwargs["application_name"] = "archiver"
         if url.prepare_threshold is not DEFAULT:
             self._kwargs["prepare_threshold"] = url.prepare_threshold
+        # Every transaction of this plugin lasts milliseconds. A session idle inside one
+        # for longer belongs to a process that was stopped (SIGSTOP, a VM pause) or is
+        # wedged mid-transaction: it would hold job rows and the audit chain's lock, and
+        # every other worker of the fleet would wait behind it. PostgreSQL ends such a
+        # session; its process finds the connection gone when it wakes and fences itself.
+        options = (params.get("options", "")
+                   + f" -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
         if read_only:  # the server refuses writes too, not only this handle
-            self._kwargs["options"] = (params.get("options", "")
-                                       + " -c default_transaction_read_only=on").strip()
+            options += " -c default_transaction_read_only=on"
+        self._kwargs["options"] = options.strip()
         self._guard = threading.Lock()
         self._pid = os.getpid()
         self._writer: psycopg.Connection | None = None

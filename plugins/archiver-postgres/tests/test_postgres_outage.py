@@ -140,3 +140,20 @@ def test_a_commit_whose_answer_is_lost_is_recorded_once(ledger_url, commit_first
         assert any("went through" in r.getMessage() for r in caplog.records)
     finally:
         ledger.close()
+
+
+def test_a_session_idle_inside_a_transaction_is_ended_by_the_server(ledger_url):
+    """A worker stopped (SIGSTOP) in the middle of a ledger transaction would hold job
+    rows and the audit lock for the whole fleet: its sessions carry
+    idle_in_transaction_session_timeout, so PostgreSQL ends them (and their locks)."""
+    from archiver_postgres import PostgresLedger
+    from archiver_postgres.connections import IDLE_IN_TRANSACTION_MS
+    led = PostgresLedger(ledger_url)
+    try:
+        shown = led._conns.read(lambda c: c.execute(
+            "SHOW idle_in_transaction_session_timeout").fetchone()[0])
+        assert shown == f"{IDLE_IN_TRANSACTION_MS // 1000}s"
+        with led._conns.connect(autocommit=False) as conn:  # the URL's options stay
+            assert conn.execute("SHOW search_path").fetchone()[0].startswith("archiver_t_")
+    finally:
+        led.close()
