@@ -100,11 +100,17 @@ def rss_split(processes: list[dict]) -> tuple[int | None, list[int]]:
     """(peak RSS of the ``archiver run`` process, peak RSS of each ``archiver worker``
     child), in KiB, from :class:`~benchmarks.measure.TreeSampler`'s samples."""
     parent, workers = None, []
-    for p in processes:
+    server_seen = False
+    for p in sorted(processes, key=lambda p: p.get("started", 0)):
         argv = p["cmd"].split()
-        if "archiver" not in p["cmd"] or "-m" not in argv:
-            continue  # GNU time's `timeout`, a shell
-        if "worker" in argv:
+        if "archiver" not in p["cmd"] or "-m" not in argv or p.get("hwm_kib") is None:
+            continue  # GNU time's `timeout`, a shell, a process gone before it was read
+        if "archiver.workers.zygote" in argv:
+            # the fork server, then the workers it forked (they keep its command line)
+            if server_seen:
+                workers.append(p["hwm_kib"])
+            server_seen = True
+        elif "worker" in argv:
             workers.append(p["hwm_kib"])
         elif "run" in argv:
             parent = max(parent or 0, p["hwm_kib"])

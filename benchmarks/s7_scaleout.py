@@ -50,7 +50,7 @@ rc = child.wait(120)
 seconds = time.perf_counter() - t0
 fs.close()
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": rc, "cpu": child.cpu, "seconds": seconds,
+print(json.dumps({"rc": rc, "cpu": child.cpu, "seconds": seconds, "rss": child.maxrss_kib,
                   "zygote_cpu": ru.ru_utime + ru.ru_stime - child.cpu}))
 """
 
@@ -140,7 +140,7 @@ def run(ctx: Context) -> ScenarioResult:
             got = json.loads(out.strip().splitlines()[-1])
             if got["rc"] != 0:
                 raise BenchError(f"{FORKED}: exit code {got['rc']}")
-            return Measurement(got["seconds"], cpu_seconds=got["cpu"],
+            return Measurement(got["seconds"], rss_kib=got["rss"], cpu_seconds=got["cpu"],
                                extra={"zygote_cpu": got["zygote_cpu"]})
 
         variants = [variant(n) for n in ns]
@@ -152,7 +152,8 @@ def run(ctx: Context) -> ScenarioResult:
             variants.append(Variant(FORKED, forked, role="reference", note=(
                 "the same command forked from the fork server (archiver.workers.zygote), as "
                 "the supervisor starts its workers: the child's own CPU (from `wait4`); "
-                "time from the spawn request to the child's exit; no RSS")))
+                "time from the spawn request to the child's exit; its peak RSS from `wait4` too "
+                "(shared pages of the fork server count in it)")))
         ctx.log(f" {n_art} artifacts, {ms}: N = {', '.join(map(str, ns))} "
                 f"x {ctx.reps} runs (fewer for: {reps or 'none'})")
         try:

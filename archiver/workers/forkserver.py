@@ -60,15 +60,17 @@ class ForkedProcess:
         self.args, self.pid, self.stdout = args, pid, stdout
         self.returncode: int | None = None
         self.cpu: float | None = None  # user + system seconds, once ended (from wait4)
+        self.maxrss_kib: int | None = None  # peak RSS, once ended (from wait4)
         self._pidfd: int | None = pidfd
         self._server = server
         self._ended = threading.Event()
         self._lock = threading.Lock()
 
-    def _exited(self, returncode: int, cpu: float | None = None) -> None:
+    def _exited(self, returncode: int, cpu: float | None = None,
+                maxrss_kib: int | None = None) -> None:
         with self._lock:
             if self.returncode is None:
-                self.returncode, self.cpu = returncode, cpu
+                self.returncode, self.cpu, self.maxrss_kib = returncode, cpu, maxrss_kib
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -249,7 +251,8 @@ class ForkServer:
             elif op == "exit":
                 child = self._children.pop(msg.get("pid"), None)
                 if child is not None:
-                    child._exited(int(msg["returncode"]), msg.get("cpu"))
+                    child._exited(int(msg["returncode"]), msg.get("cpu"),
+                                  msg.get("maxrss_kib"))
             else:
                 for fd in fds:
                     os.close(fd)

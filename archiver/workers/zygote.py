@@ -182,7 +182,8 @@ class Zygote:
         _, status, usage = os.wait4(pid, 0)
         self._answer({"op": "exit", "pid": pid,
                       "returncode": os.waitstatus_to_exitcode(status),
-                      "cpu": usage.ru_utime + usage.ru_stime})
+                      "cpu": usage.ru_utime + usage.ru_stime,
+                      "maxrss_kib": usage.ru_maxrss})  # Linux: KiB
 
     def _become_child(self, msg: dict, fds: list[int]) -> None:
         """In the child: drop everything of the zygote's, take the request's stdio,
