@@ -109,7 +109,7 @@ def _server_pids() -> list[int]:
 class _Fleet:
     """A PostgreSQL schema, a Redis database and N warm Celery workers for one N."""
 
-    def __init__(self, ctx: Context, emu, work: Path, n: int, jobs: int):
+    def __init__(self, ctx: Context, emu, work: Path, n: int, jobs: int, warm_jobs: int):
         import psycopg
         self.ctx, self.emu, self.n, self.jobs = ctx, emu, n, jobs
         self.schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -130,7 +130,7 @@ class _Fleet:
         self.warm_config = write_config(work / f"c{n}-warm.yaml", archiver_config(
             emu, self.root, state, concurrency=CONCURRENCY, extra=extra,
             projects=["proj_warm"]))
-        self.warm_jobs = 2 * n
+        self.warm_jobs = warm_jobs
         self.env = {**ctx.env, "ARCHIVER_CONFIG": str(self.config),
                     "ARCHIVER_PLUGINS": "plangrep,local,checksum,decompress,service,"
                                         "compliance,ledger,postgres,celery"}
@@ -148,26 +148,28 @@ class _Fleet:
         if out.returncode != 0:
             raise BenchError(f"{' '.join(args[:4])}: {out.stderr[-800:]}")
 
-    def archived(self) -> int:
+    def archived(self, project: str) -> int:
         import psycopg
         with psycopg.connect(PG, autocommit=True) as conn:
             return conn.execute(f'SELECT count(*) FROM "{self.schema}".jobs '
-                                "WHERE state = 'archived'").fetchone()[0]
+                                "WHERE state = 'archived' AND project_id = %s",
+                                (project,)).fetchone()[0]
 
-    def dispatch_until(self, total: int, timeout: float) -> tuple[float, float]:
-        """(seconds, dispatcher CPU seconds) of a watch pass until ``total`` archived."""
+    def dispatch_until(self, project: str, total: int, timeout: float) -> tuple[float, float]:
+        """(seconds, dispatcher CPU seconds) of a watch until ``total`` jobs of
+        ``project`` are archived."""
         started = time.monotonic()
         disp = subprocess.Popen(with_parent([
             self.ctx.python, "-m", "archiver", "watch", "-c", str(self.config),
             "--test-poll-interval", "5"]), env=self.env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            while self.archived() < total:
+            while self.archived(project) < total:
                 if disp.poll() is not None:
                     raise BenchError(f"{label(self.n)}: the dispatcher exited "
                                      f"({disp.returncode})")
                 if time.monotonic() - started > timeout:
-                    raise BenchError(f"{label(self.n)}: {self.archived()} of {total} jobs "
+                    raise BenchError(f"{label(self.n)}: {self.archived(project)} of {total} jobs "
                                      f"archived after {timeout:.0f}s")
                 time.sleep(0.1)
             seconds = time.monotonic() - started
@@ -196,7 +198,7 @@ def _warm_up(fleet: _Fleet, timeout: float) -> None:
     project of their own, dispatched by a watch of their own, before the measured run."""
     saved, fleet.config = fleet.config, fleet.warm_config
     try:
-        fleet.dispatch_until(fleet.warm_jobs, timeout)
+        fleet.dispatch_until("proj_warm", fleet.warm_jobs, timeout)
     finally:
         fleet.config = saved
 
@@ -223,20 +225,21 @@ def run(ctx: Context) -> ScenarioResult:
         for j in range(jobs):
             emu.add_job("proj_scale", artifacts=[
                 ArtifactSpec(f"parts/{j}/p{i}.bin", size=SIZE) for i in range(PER_JOB)])
-        for j in range(max(ns) * 2):
+        warm = max(ns) * 2   # every worker's threads get a job before the measured run
+        for j in range(warm):
             emu.add_job("proj_warm", artifacts=[ArtifactSpec(f"w{j}.bin", size=SIZE)])
         emu.faults.latency = latency
         timeout = 120 + jobs * (1 + PER_JOB) / CONCURRENCY * latency * 3
 
         def variant(n: int) -> Variant:
             def go(rep: int) -> Measurement:
-                fleet = _Fleet(ctx, emu, work / f"rep{rep}", n, jobs)
+                fleet = _Fleet(ctx, emu, work / f"rep{rep}", n, jobs, warm)
                 try:
                     _warm_up(fleet, timeout)
                     servers = _server_pids()
                     before = _cpu([w.pid for w in fleet.workers])
                     srv_before = _cpu(servers)
-                    seconds, disp_cpu = fleet.dispatch_until(n * 2 + jobs, timeout)
+                    seconds, disp_cpu = fleet.dispatch_until("proj_scale", jobs, timeout)
                     workers_cpu = _cpu([w.pid for w in fleet.workers]) - before
                     srv = _cpu(servers) - srv_before
                     rss = max(_hwm([w.pid for w in fleet.workers]) or 0,
@@ -244,7 +247,10 @@ def run(ctx: Context) -> ScenarioResult:
                     stored = sum(1 for p in fleet.root.rglob("*/*/data/artifacts/**/*")
                                  if p.is_file() and "parts" in p.parts)
                     if stored != n_art:
-                        raise BenchError(f"{label(n)}: {stored} artifacts stored, not {n_art}")
+                        dirs = sorted({p.parent for p in fleet.root.rglob("*.bin")})
+                        raise BenchError(f"{label(n)}: {stored} artifacts stored, not {n_art} "
+                                         f"(archived: {fleet.archived('proj_scale')}; e.g. "
+                                         f"{dirs[:3]})")
                 finally:
                     fleet.close()
                     set_aside(trash, fleet.root)
