@@ -107,7 +107,7 @@ class CeleryDispatcher(Dispatcher):
         out: dict[str, Any] = dict(self.counts)
         out["dispatch_leader"] = int(self.leader)
         out["dispatch_outstanding"] = len(self.sent)
-        if self.depth is not None:
+        if self.depth is not None:  # as last looked at (when re-sending was considered)
             out["dispatch_broker_depth"] = self.depth
         return out
 
@@ -137,8 +137,9 @@ class CeleryDispatcher(Dispatcher):
             self.sent.clear()
             return
         self._forget_claimed()
-        self.depth = self._broker_depth()
         stale = [j for j, t in self.sent.items() if now - t > float(s.redispatch_after)]
+        if stale:  # only then does the broker's count matter (a connection per look)
+            self.depth = self._broker_depth()
         if stale and (self.depth is None or self.depth < len(self.sent)):
             log.warning("re-sending %d job(s) unclaimed for more than %gs (the broker "
                         "holds %s message(s) for %d outstanding)", len(stale),
