@@ -89,5 +89,5 @@ def test_a_worker_killed_mid_multipart_upload_leaves_one_version_per_key(
     assert names and len(names) == len(set(names)), "a GCS object has two generations"
     assert {k.removeprefix("archive/") for k in keys} == \
         {n.removeprefix("archive/") for n in names}
-    fleet.check_invariants(jobs, artifacts=len(jobs) + 1, refetched={"big.bin"})
+    fleet.check_invariants(jobs, artifacts=len(jobs) + 1, refetched={"big.bin", "small.json"})
     gcs.close()
