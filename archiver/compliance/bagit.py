@@ -277,22 +277,37 @@ class BagWriter:
         tags["bag-info.txt"] = bag_info(job, p.files, self.settings, when)
         tags[AUDIT_NAME] = audit_bytes
         written = {}
-        for name, data in tags.items():
-            tags[name], written[name] = self._put(sink, job, root, name, data)
-        for alg in sorted(p.manifests, key=lambda a: a == "sha256"):  # sha256 last
-            name = tagmanifest_name(alg)
-            text = manifest_text((n, hashlib.new(alg, d).hexdigest()) for n, d in tags.items())
-            _, written[name] = self._put(sink, job, root, name, text)
-        for name, stored in written.items():
-            facts = dict(stored.digests)
-            if name == AUDIT_NAME:  # what audit verify expects the export to hold
-                facts["last_seq"] = last_seq if tags[name] == audit_bytes else None
-            self.ledger.record_bag_file(job.id, sink.label, name, stored.key, stored.size, facts)
-        self.ledger.event("bagged", f"BagIt bag complete in sink {sink.label}: "
-                                    f"{sink.describe(tag_key(root, 'bagit.txt'))}",
-                          job_id=job.id, sink=sink.label, data={
-                              "payload_oxum": p.oxum, "tagmanifest-sha256": written[
-                                  tagmanifest_name("sha256")].digests.get("sha256")})
+        # The tag files' pending records leave the ledger with the bag's records, in one
+        # transaction (not one per file), or, if the bag fails half-way, together below.
+        committed: list = []
+        try:
+            for name, data in tags.items():
+                tags[name], written[name] = self._put(sink, job, root, name, data, committed)
+            for alg in sorted(p.manifests, key=lambda a: a == "sha256"):  # sha256 last
+                name = tagmanifest_name(alg)
+                text = manifest_text((n, hashlib.new(alg, d).hexdigest())
+                                     for n, d in tags.items())
+                _, written[name] = self._put(sink, job, root, name, text, committed)
+            with self.ledger.batch():
+                for writer in committed:
+                    writer.forget()
+                for name, stored in written.items():
+                    facts = dict(stored.digests)
+                    if name == AUDIT_NAME:  # what audit verify expects the export to hold
+                        facts["last_seq"] = last_seq if tags[name] == audit_bytes else None
+                    self.ledger.record_bag_file(job.id, sink.label, name, stored.key,
+                                                stored.size, facts)
+                self.ledger.event("bagged", f"BagIt bag complete in sink {sink.label}: "
+                                            f"{sink.describe(tag_key(root, 'bagit.txt'))}",
+                                  job_id=job.id, sink=sink.label, data={
+                                      "payload_oxum": p.oxum, "tagmanifest-sha256": written[
+                                          tagmanifest_name("sha256")].digests.get("sha256")})
+            committed = []
+        finally:
+            if committed:  # the bag failed: its committed files' records go all the same
+                with self.ledger.batch():
+                    for writer in committed:
+                        writer.forget()
 
     @staticmethod
     def _older_bag(sink: Sink, root: str) -> bool:
@@ -307,11 +322,13 @@ class BagWriter:
         except BagError:
             return False
 
-    def _put(self, sink: Sink, job: JobRef, root: str, name: str, data: bytes):
+    def _put(self, sink: Sink, job: JobRef, root: str, name: str, data: bytes,
+             committed: list):
         key = tag_key(root, name)
         try:
             stored = storage.put_bytes(sink, self.ledger, key, data, job_id=job.id,
-                                       path=f"bag:{name}", algorithms=self.settings.algorithms)
+                                       path=f"bag:{name}", algorithms=self.settings.algorithms,
+                                       committed=committed)
             return data, stored
         except ConflictError as exc:
             if name not in ADOPTABLE:

@@ -62,7 +62,8 @@ def read_small(sink: Sink, key: str, limit: int = SMALL_LIMIT) -> bytes | None:
 
 def put_stream(sink: Sink, ledger, key: str, chunks: Iterable[bytes], *, job_id: str,
                path: str, algorithms: Iterable[str] = (),
-               expect: dict[str, str] | None = None) -> StoredObject:
+               expect: dict[str, str] | None = None,
+               committed: list[TrackedWriter] | None = None) -> StoredObject:
     """Write ``chunks`` at ``key`` through the sink's ordinary writer, hashing on the way.
 
     When ``expect`` is given, every digest in it must match the bytes streamed or the
@@ -70,7 +71,9 @@ def put_stream(sink: Sink, ledger, key: str, chunks: Iterable[bytes], *, job_id:
     writer's pending token is recorded in the ledger while it is open, as the pipeline
     does, so a crash leaves nothing that ``archiver cleanup`` cannot find.
     ``ConflictError`` (different bytes at the key) propagates; the stored object is
-    untouched.
+    untouched. ``committed``: the committed writer is appended to it and its pending
+    record is left for the caller to drop (``forget()``) in the transaction that records
+    the object, instead of one transaction of its own.
     """
     hs = hashers([*algorithms, *(expect or {})])
     writer = TrackedWriter(sink, ledger, key, job_id=job_id, path=path,
@@ -85,7 +88,9 @@ def put_stream(sink: Sink, ledger, key: str, chunks: Iterable[bytes], *, job_id:
         if wrong:
             raise DigestMismatch(", ".join(f"{a} {digests[a]}, expected {v}"
                                            for a, v in wrong.items()))
-        stored = writer.commit(digests)
+        stored = writer.commit(digests, forget=committed is None)
+        if committed is not None:
+            committed.append(writer)
     except BaseException:
         writer.abort()
         raise
@@ -99,9 +104,10 @@ def put_stream(sink: Sink, ledger, key: str, chunks: Iterable[bytes], *, job_id:
 
 
 def put_bytes(sink: Sink, ledger, key: str, data: bytes, *, job_id: str, path: str,
-              algorithms: Iterable[str] = ()) -> StoredObject:
+              algorithms: Iterable[str] = (),
+              committed: list[TrackedWriter] | None = None) -> StoredObject:
     return put_stream(sink, ledger, key, [data], job_id=job_id, path=path,
-                      algorithms=algorithms)
+                      algorithms=algorithms, committed=committed)
 
 
 def list_keys(sink: Sink, prefix: str) -> list[str] | None:

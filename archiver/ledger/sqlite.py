@@ -42,6 +42,11 @@ from .sqlite_sql import ADD_EVENT, PUT_ARTIFACT, PUT_COPY, PUT_FIXITY, UPSERT_JO
 from .states import ARCHIVED
 
 
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's lock
+BUSY_FIRST, BUSY_MAX = 0.0001, 0.005  # BEGIN IMMEDIATE's retry steps (seconds)
+_BUSY = {sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", 517)}
+
+
 class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
     """The SQLite ledger. Thread-safe: one connection guarded by a lock (writes are tiny).
 
@@ -62,7 +67,7 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
         self._writer = GroupCommitter(self._transaction, f"ledger-writer {self.path.name}")
         self._chain = AuditChain(self._read_head, self._read_job_head, self._insert_audit)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                   isolation_level=None, timeout=30)
+                                   isolation_level=None, timeout=BUSY_TIMEOUT)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL (with WAL) survives any process crash; a power loss may drop the last
@@ -70,6 +75,9 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
             # the next run finds those objects stored (existed) and records them again.
             # FULL would fsync every row (~1 ms each, ~20 rows per job).
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # The busy timeout the connection was opened with (BEGIN IMMEDIATE waits as
+            # long, in its own steps: _begin_immediate).
+            self._busy_timeout = self._db.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
             self.migrated = migrations.migrate_sqlite(self._db, str(self.path))
         except BaseException:
             self._db.close()
@@ -118,7 +126,7 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
         write lock before the chain's head is read, so two processes sharing the ledger
         cannot fork the chain."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
             self._chain.begin()
             try:
                 yield
@@ -128,6 +136,33 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _begin_immediate(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting for another process's write lock in steps of
+        ~0.1 ms (doubling to 5 ms) for as long as the connection's busy timeout. SQLite's
+        own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries: with several
+        worker processes committing small transactions, those sleeps were most of a
+        transaction's time (the lock is held for a fraction of a millisecond). Past the
+        timeout, SQLite's "database is locked" error is raised as before."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            delay, deadline = BUSY_FIRST, None
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + self._busy_timeout
+                    if now >= deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(delay * 2, BUSY_MAX)
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
 
     def _write(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` (statements on ``self._db``) in a committed transaction, or add it

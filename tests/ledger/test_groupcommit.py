@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from archiver.ledger import groupcommit, open_ledger
+from archiver.ledger import open_ledger
 from archiver.ledger.groupcommit import GroupCommitter
 
 
@@ -95,27 +95,55 @@ def test_a_failing_unit_fails_alone_and_the_others_are_kept(tmp_path):
     assert brk is None and n == 8
 
 
-def test_the_writer_thread_ends_when_idle_and_comes_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(groupcommit, "IDLE_EXIT", 0.05)
-    ledger = open_ledger(tmp_path)
-    ledger.event("note", "one")
-    deadline = time.monotonic() + 5
-    while ledger._writer._thread is not None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ledger._writer._thread is None
-    ledger.event("note", "two")
-    assert [e["message"] for e in ledger.events()] == ["one", "two"]
-    ledger.close()
-    assert not any(t.name.startswith("ledger-writer") and t.is_alive()
-                   and t is ledger._writer._thread for t in threading.enumerate())
+def test_an_uncontended_write_runs_on_the_calling_thread(tmp_path):
+    # no hand-off to another thread: the caller runs its own transaction
+    ran_on = []
+
+    class Recording:
+        def __enter__(self):
+            ran_on.append(threading.current_thread())
+
+        def __exit__(self, *exc):
+            return False
+
+    committer = GroupCommitter(Recording, "test")
+    assert committer.run(lambda: 7) == 7
+    assert ran_on == [threading.current_thread()]
+    # a unit that calls the committer again runs inside the same transaction
+    assert committer.run(lambda: committer.run(lambda: 3) + 1) == 4
+    assert len(ran_on) == 2
 
 
-def test_close_waits_for_queued_work_and_stops_the_thread(tmp_path):
+def test_a_leader_interrupted_by_an_exception_wakes_every_waiter(tmp_path):
+    entered = threading.Event()
+    release = threading.Event()
+
+    class Failing:
+        def __enter__(self):
+            entered.set()
+            release.wait(5)
+
+        def __exit__(self, *exc):
+            return False
+
+    committer = GroupCommitter(Failing, "test")
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(committer.run, lambda: 1)
+        assert entered.wait(5)
+        rest = [pool.submit(committer.run, lambda: 1 / 0) for _ in range(6)]
+        time.sleep(0.05)
+        release.set()
+        assert first.result(timeout=5) == 1
+        for f in rest:
+            with pytest.raises(ZeroDivisionError):
+                f.result(timeout=5)
+    committer.close()
+
+
+def test_close_waits_for_queued_work(tmp_path):
     ledger = open_ledger(tmp_path)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda i: ledger.event("note", str(i)), range(40)))
-    thread = ledger._writer._thread
     ledger.close()
-    assert thread is None or not thread.is_alive()
     reopened = open_ledger(tmp_path)
     assert len(reopened.events()) == 40

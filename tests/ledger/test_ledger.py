@@ -1,5 +1,8 @@
 import itertools
 import json
+import time
+
+import pytest
 
 from archiver.ledger import ARCHIVED, INCOMPLETE, WAITING, open_ledger
 from archiver.model import Job, StoredObject
@@ -119,3 +122,37 @@ def test_a_lease_of_a_dead_process_on_this_host_is_free_at_once(tmp_path):
     alive = led.claim(job(3), "host:1:abc", 3600, max_lost=3)  # not a worker id of this host
     assert alive.ok and led.claim(job(3), "w4", 60, max_lost=3).reason == "held"
     led.close()
+
+
+def test_a_write_waits_briefly_for_another_process_lock_then_is_refused(tmp_path):
+    """BEGIN IMMEDIATE retries in sub-millisecond steps while another connection (another
+    process) holds the write lock, for as long as the connection's busy timeout, then
+    raises SQLite's "database is locked" (which the CLI turns into one line)."""
+    import sqlite3
+    import threading
+
+    ledger = open_ledger(tmp_path)
+    other = sqlite3.connect(tmp_path / "ledger.sqlite", isolation_level=None,
+                            check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+    timer.start()
+    t0 = time.monotonic()
+    ledger.event("note", "after the other writer")
+    waited = time.monotonic() - t0
+    timer.join()
+    assert 0.15 <= waited < 5
+    assert [e["message"] for e in ledger.events()] == ["after the other writer"]
+
+    ledger._busy_timeout = 0.1
+    other.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            ledger.event("note", "refused")
+    finally:
+        other.execute("COMMIT")
+    assert time.monotonic() - t0 < 5
+    ledger.event("note", "once the lock is free")
+    assert [e["message"] for e in ledger.events()] == ["after the other writer",
+                                                        "once the lock is free"]

@@ -54,6 +54,7 @@ class PostgresClaims:
     _audit: Any    # the ledger's: an audit record, appended when the transaction commits
     _write: Any
     _write_now: Any
+    _synced: Any   # the ledger's: a statement's cursor once it answered (rowcount)
     _job_statement: Any
 
     _lock_row = " FOR UPDATE"  # Coordination: the budget row is locked until commit
@@ -145,8 +146,8 @@ class PostgresClaims:
 
     def heartbeat(self, worker_id: str, ttl: float) -> set[str]:
         def work() -> set[str]:
-            cur = self._q(f"UPDATE workers SET heartbeat_at={NOW} WHERE worker_id=%s",
-                          (worker_id,))
+            cur = self._synced(self._q(f"UPDATE workers SET heartbeat_at={NOW}"
+                                       " WHERE worker_id=%s", (worker_id,)))
             parsed = WorkerId.parse(worker_id)
             if cur.rowcount == 0 and parsed is not None:  # forgotten by a cleanup: alive
                 self._q("INSERT INTO workers (worker_id, host, pid, heartbeat_at)"
@@ -168,8 +169,8 @@ class PostgresClaims:
 
     def expire_worker(self, worker_id: str) -> int:
         def work() -> int:
-            cur = self._q(f"UPDATE jobs SET lease_until={NOW} - 0.001 WHERE owner=%s",
-                          (worker_id,))
+            cur = self._synced(self._q(f"UPDATE jobs SET lease_until={NOW} - 0.001"
+                                       " WHERE owner=%s", (worker_id,)))
             self._q("DELETE FROM workers WHERE worker_id=%s", (worker_id,))
             return cur.rowcount
 
@@ -257,8 +258,8 @@ class PostgresClaims:
 
     def release(self, job_id: str, worker_id: str) -> bool:
         def work() -> bool:
-            cur = self._q("UPDATE jobs SET owner=NULL, lease_until=NULL"
-                          " WHERE job_id=%s AND owner=%s", (job_id, worker_id))
+            cur = self._synced(self._q("UPDATE jobs SET owner=NULL, lease_until=NULL"
+                                       " WHERE job_id=%s AND owner=%s", (job_id, worker_id)))
             return cur.rowcount > 0
 
         return self._write_now(work, "release")

@@ -57,9 +57,12 @@ LEASE_STATE = ("SELECT state, owner, lease_until, parked, lost_leases, not_befor
                f" {NOW} FROM jobs WHERE job_id=%s FOR UPDATE")
 
 # -- the audit chain (appended under pg_advisory_xact_lock; see ledger.py)
-AUDIT_HEAD = "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-AUDIT_JOB_HEADS = (
-    "SELECT j, (SELECT hash FROM audit WHERE job_id = j ORDER BY seq DESC LIMIT 1)"
+# The chain's head (job NULL) and each named job's last record, in one statement.
+AUDIT_HEADS = (
+    "SELECT NULL::text, seq, hash FROM"
+    " (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1) AS head"
+    " UNION ALL SELECT j, NULL::bigint,"
+    " (SELECT hash FROM audit WHERE job_id = j ORDER BY seq DESC LIMIT 1)"
     " FROM unnest(%s::text[]) AS j")
 AUDIT_INSERT = ("INSERT INTO audit (seq, job_id, prev, job_prev, line, hash)"
                 " VALUES (%s,%s,%s,%s,%s,%s)")
