@@ -1,8 +1,8 @@
 """The default ledger backend: one SQLite file in ``state_dir``, in WAL mode.
 
 One connection per handle, guarded by a lock; every write is a unit of work handed to a
-:class:`~archiver.ledger.groupcommit.GroupCommitter` (one writer thread, many units per
-transaction). Each transaction is ``BEGIN IMMEDIATE``: it takes SQLite's write lock before
+:class:`~archiver.ledger.groupcommit.GroupCommitter` (the calling threads take turns as
+the committer, many units per transaction). Each transaction is ``BEGIN IMMEDIATE``: it takes SQLite's write lock before
 anything is read, so two processes sharing the file cannot fork the audit chain, and
 claims are serialised across processes (no ``SKIP LOCKED`` needed with one writer). All
 processes must be on one host (WAL needs shared memory); leases use the host clock.
@@ -122,7 +122,7 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """One SQLite transaction (run by the writer thread). BEGIN IMMEDIATE takes the
+        """One SQLite transaction (run by the group's committing thread). BEGIN IMMEDIATE takes the
         write lock before the chain's head is read, so two processes sharing the ledger
         cannot fork the chain."""
         with self._lock:

@@ -244,7 +244,7 @@ class SQLiteClaims:
         self._write(work)
 
     # ------------------------------------------------------------------ coordination hooks
-    # (named leases and budgets: archiver.ledger.coordination, run by the writer thread)
+    # (named leases and budgets: archiver.ledger.coordination, run inside the group commit)
     def _wq(self, sql: str, args: tuple = ()) -> Any:
         return self._db.execute(sql, args)
 

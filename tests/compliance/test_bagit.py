@@ -252,3 +252,31 @@ def test_existing_configs_still_validate():
     settings = load_config("c.yaml", plugins.registry, text=text).settings
     assert settings.bagit.enabled and settings.bagit.algorithms == ["sha256"]
     assert settings.bagit.info == {}
+
+
+def test_tag_files_leave_no_pending_record_whether_the_bag_completes_or_fails(emu, tmp_path):
+    """The tag files' pending records leave the ledger with the bag's records in one
+    transaction; when a tag file conflicts half-way, those of the files already committed
+    leave all the same, and no bag file is recorded for the job."""
+    job = add_job(emu)
+    arc = Archive(tmp_path, emu, sinks=("primary",))
+    bag_dir = arc.job_dir(job)
+    bag_dir.mkdir(parents=True)
+    (bag_dir / "archiver-names.json").write_text("[]\n")  # not adoptable: a conflict
+    failed = arc.cli("run")
+    assert failed.exit_code == 1, failed.output + failed.stderr
+    assert "archiver-names.json already holds a different" in failed.output + failed.stderr
+    ledger = arc.ledger()
+    assert ledger.list_pending() == []
+    assert ledger.bag_files(job["id"], "primary") == []
+    assert (bag_dir / "bagit.txt").exists()  # committed before the conflict
+    ledger.close()
+
+    (bag_dir / "archiver-names.json").unlink()
+    again = arc.cli("run")
+    assert again.exit_code == 0, again.output + again.stderr
+    ledger = arc.ledger()
+    assert ledger.list_pending() == []
+    assert {b.name for b in ledger.bag_files(job["id"], "primary")} == TAGS
+    ledger.close()
+    bagit.Bag(str(bag_dir)).validate()

@@ -123,7 +123,7 @@ class Connections:
 
     def writer(self) -> psycopg.Connection:
         """The writer connection (a transaction per use; autocommit off). Only the
-        handle's writer thread calls this, holding the handle's write lock."""
+        handle's committing thread calls this, holding the handle's write lock."""
         self._forked()
         if self._closed:
             raise LedgerError(f"ledger at {self.url.location}: closed")

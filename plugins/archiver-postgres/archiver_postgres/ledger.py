@@ -1,10 +1,12 @@
 """The PostgreSQL ledger: one database (or schema) shared by workers on many hosts.
 
 **Writes.** Every write is a unit of work handed to the handle's
-:class:`~archiver.ledger.groupcommit.GroupCommitter` (one writer thread and one writer
-connection per process, many units per transaction). A transaction is READ COMMITTED;
-it reads its transaction id first (to settle a COMMIT whose answer was lost, see
-:mod:`.connections`), runs the units' statements, and only then appends their audit
+:class:`~archiver.ledger.groupcommit.GroupCommitter` (one writer connection per process,
+used by one calling thread at a time, many units per transaction). A transaction is READ
+COMMITTED and runs in pipeline mode (statements are sent without waiting for each
+answer: the client waits only for the results it needs and at COMMIT); it asks for its
+transaction id first (to settle a COMMIT whose answer was lost, see :mod:`.connections`),
+runs the units' statements, and only then appends their audit
 records: ``pg_advisory_xact_lock`` (per ledger schema) is taken *late*, right before the
 chain's head and the heads of the jobs in the batch are read, the records inserted and
 the transaction committed, so appends from every process on every host are serialised
@@ -171,7 +173,7 @@ class PostgresLedger(PostgresClaims, Coordination, PostgresReads):
 
     # ------------------------------------------------------------------ transactions
     def _writer(self) -> GroupCommitter:
-        if os.getpid() != self._pid:  # forked: the writer thread and its lock stayed behind
+        if os.getpid() != self._pid:  # forked: the committer and its lock stayed behind
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._committer = _Committer(self._run_tx, f"ledger-writer {self.location}")
@@ -454,7 +456,7 @@ class PostgresLedger(PostgresClaims, Coordination, PostgresReads):
         return schema.describe(state, self.backend, self.location)
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer thread, close the connections."""
+        """Commit what is queued, close the connections."""
         self._writer().close()
         self._conns.close()
 
