@@ -155,7 +155,8 @@ class TreeSampler:
 
 
 def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None, cwd=None,
-                check: bool = True, per_process_rss: bool = False) -> Proc:
+                check: bool = True, per_process_rss: bool = False,
+                rss_interval: float = 0.2) -> Proc:
     """Run ``cmd`` (a shell string runs under ``bash -o pipefail -c``) under GNU time and
     coreutils ``timeout`` (which kills it after ``timeout`` seconds even if this runner
     dies), in a session of its own. Wall time is measured from just before the fork to the
@@ -174,7 +175,7 @@ def run_process(cmd: Sequence[str] | str, *, what: str, timeout: float, env=None
         timer = threading.Timer(timeout + 15, _kill_group, (p.pid,))
         timer.daemon = True
         timer.start()
-        sampler = TreeSampler(p.pid).start() if per_process_rss else None
+        sampler = TreeSampler(p.pid, rss_interval).start() if per_process_rss else None
         try:
             _, status, ru = os.wait4(p.pid, 0)
             seconds = time.perf_counter() - t0
