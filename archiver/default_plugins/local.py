@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import secrets
 import stat
 import time
@@ -42,111 +41,20 @@ from ..components import ComponentConfig, Sink, Writer
 from ..errors import ConflictError, SinkError
 from ..hookspecs import hookimpl
 from ..model import StoredObject
+from .local_paths import TEMP as _TEMP
+from .local_paths import KnownDirs
+from .local_paths import fsync_dir as _fsync_dir
+from .local_paths import key_problem as _key_problem
+from .local_paths import makedirs as _makedirs
+from .local_paths import not_a_directory as _not_a_directory
+from .local_paths import probe as _probe
+from .local_paths import temp_name as _temp_name
+from .local_paths import within as _within
 
 READ_CHUNK = 1 << 20
-_TEMP = re.compile(r"\..*\.%%[0-9a-f]{16}\.partial", re.DOTALL)
-_INSIDE_CACHE = 4096  # directories remembered as resolving inside the root
-_TEMP_BASE_BYTES = 200  # keeps temporary names well below NAME_MAX (255 bytes)
 # errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 QUARANTINE = "%%quarantine"  # below the root: damaged files moved aside by repair
-
-
-def _temp_name(base: str) -> str:
-    cut = base.encode("utf-8")[:_TEMP_BASE_BYTES]
-    base = cut.decode("utf-8", "ignore")
-    return f".{base}.%%{secrets.token_hex(8)}.partial"
-
-
-def _key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be a path below the root, or None if it can."""
-    if not isinstance(key, str) or not key:
-        return "the key is empty"
-    if key.startswith("/"):
-        return "the key is absolute"
-    if "\x00" in key or "\\" in key:
-        return "the key contains NUL or a backslash"
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return "the key is not valid Unicode"
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            return "the key has an empty, '.' or '..' segment"
-        if len(segment.encode("utf-8")) > 255:
-            return "a segment is longer than 255 bytes"
-        if _TEMP.fullmatch(segment):
-            return "a segment is named like a temporary file"
-    return None
-
-
-def _within(root: str, path: str) -> bool:
-    real_root = os.path.realpath(root)
-    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs(path: str) -> list[str]:
-    """Create ``path`` and its missing parents; return the ones created (outermost first)."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    created = []
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory)
-            created.append(directory)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise
-    return created
-
-
-def _probe(directory: str) -> None:
-    """Create and remove a file in ``directory``: an unnamed one (``O_TMPFILE``) where the
-    filesystem can, so that a crash leaves nothing behind; else a named temporary file."""
-    tmpfile = getattr(os, "O_TMPFILE", 0)
-    if tmpfile:
-        try:
-            os.close(os.open(directory, os.O_WRONLY | tmpfile, 0o600))
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
-                raise
-    probe = os.path.join(directory, _temp_name("preflight"))
-    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    os.unlink(probe)
-
-
-def _not_a_directory(path: str) -> str | None:
-    """The closest existing ancestor of ``path`` (itself included) if it is not a
-    directory, so a writer can fail at once without creating anything."""
-    while True:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            parent = os.path.dirname(path)
-            if parent == path:
-                return None
-            path = parent
-            continue
-        except NotADirectoryError:
-            path = os.path.dirname(path)
-            continue
-        except OSError:
-            return None  # the writer's first write reports it
-        return None if stat.S_ISDIR(st.st_mode) else path
 
 
 def _sha256_file(path: str) -> tuple[int, str]:
@@ -183,7 +91,7 @@ class LocalSink(Sink):
         self.root = os.path.abspath(config.root)
         # Existing directories already resolved inside the root: resolving every
         # component of every key (realpath) was a tenth of the per-object CPU.
-        self._inside: dict[str, None] = {}
+        self._dirs = KnownDirs(self.root)
 
     # ------------------------------------------------------------------ helpers
     def _path(self, key: str) -> str:
@@ -198,46 +106,9 @@ class LocalSink(Sink):
     def _resolves_inside(self, path: str) -> bool:
         """Does ``path`` lead to a place below the root (no symlink out of it)?"""
         parent = os.path.dirname(path)
-        if parent not in self._inside and not self._dir_inside(parent):
+        if parent not in self._dirs and not self._dirs.inside(parent):
             return False
         return not os.path.islink(path) or _within(self.root, path)
-
-    def _dir_inside(self, directory: str) -> bool:
-        """Is ``directory`` (below the root) free of symlinks out of the root? Only the
-        components not yet known are looked at, top down, one ``lstat`` each: the first
-        missing one ends the walk (what ``mkdir`` creates below it is a real directory),
-        a symlink is resolved. Resolving every component of every key (``realpath``) was
-        a tenth of the per-object CPU, most of it on directories already known."""
-        unknown = []
-        while directory not in self._inside and directory != self.root:
-            unknown.append(directory)
-            parent = os.path.dirname(directory)
-            if parent == directory:  # not below the root: resolve it all
-                return _within(self.root, unknown[0])
-            directory = parent
-        for component in reversed(unknown):
-            try:
-                mode = os.lstat(component).st_mode
-            except FileNotFoundError:
-                return True
-            except OSError:
-                return _within(self.root, unknown[0])  # let realpath decide, and report
-            if stat.S_ISLNK(mode):
-                if not _within(self.root, component):
-                    return False
-            elif not stat.S_ISDIR(mode):
-                return True  # a file in the way: the writer reports it, naming it
-            self.remember_directory(component)
-        return True
-
-    def remember_directory(self, directory: str) -> None:
-        """``directory`` exists and resolves inside the root (checked or just created)."""
-        if len(self._inside) >= _INSIDE_CACHE:
-            self._inside.clear()  # atomic, unlike evicting while other threads insert
-        self._inside[directory] = None
-
-    def known_directory(self, directory: str) -> bool:
-        return directory in self._inside
 
     def _error(self, action: str, key: str, exc: OSError, cls=SinkError) -> SinkError:
         where = exc.filename or self.root
@@ -403,7 +274,7 @@ class _LocalWriter(Writer):
         self.size = 0
         directory, base = os.path.split(path)
         self.pending = os.path.join(directory, _temp_name(base))
-        blocker = None if sink.known_directory(directory) else _not_a_directory(directory)
+        blocker = None if directory in sink._dirs else _not_a_directory(directory)
         if blocker is not None:
             raise sink._error("create", key, OSError(errno.ENOTDIR, "Not a directory",
                                                      blocker))
@@ -420,7 +291,7 @@ class _LocalWriter(Writer):
                 directory = os.path.dirname(self.pending)
                 self._created = _makedirs(directory)
                 self._fd = os.open(self.pending, flags, 0o666)
-                self._sink.remember_directory(directory)
+                self._sink._dirs.remember(directory)
             self._made = True
         except OSError as exc:
             raise self._fail(exc, "create") from exc
