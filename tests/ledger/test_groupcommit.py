@@ -114,7 +114,7 @@ def test_an_uncontended_write_runs_on_the_calling_thread(tmp_path):
     assert len(ran_on) == 2
 
 
-def test_a_leader_interrupted_by_an_exception_wakes_every_waiter(tmp_path):
+def test_a_failing_group_wakes_every_waiter_with_its_own_error(tmp_path):
     entered = threading.Event()
     release = threading.Event()
 
