@@ -220,6 +220,12 @@ class Sink(Component):
     """
 
     host_local: bool = False
+    commit_buffers: ClassVar[bool] = True
+    """Does a writer still hold memory while it commits (its last part, a whole small
+    object)? True (the safe default): the object keeps its download slot until it is
+    committed, so ``concurrency`` bounds the writers holding memory. False (local: at
+    commit every byte is in a file): the slot goes to the next download while this object
+    is made durable, renamed and read back."""
 
     def __init__(self, config: ComponentConfig, label: str = ""):
         super().__init__(config)

@@ -3,7 +3,7 @@
 :func:`run_pass` is what ``archiver run`` / ``archive`` and every watch pass do: read the
 jobs, :func:`~archiver.jobwork.settle` each (the one triage), claim the ones to archive
 and hand them to an executor. :class:`ThreadExecutor` runs them on this process's threads
-(``concurrency`` jobs, ``concurrency`` artifacts in flight), holding a lease on each
+(``concurrency`` jobs, ``concurrency`` downloads in flight), holding a lease on each
 through one :class:`~archiver.leases.Heartbeat`; worker processes
 (:mod:`archiver.workers`) and, later, Celery tasks run the very same
 :func:`~archiver.jobwork.archive_job`. Outcomes merge into one :class:`RunReport`.
@@ -127,6 +127,14 @@ def refusal_outcome(job: Job, refused) -> JobOutcome:
     return JobOutcome(job.id, BUSY, message=f"held by {holder or 'another worker'}")
 
 
+def artifact_pool(rt: Runtime) -> ThreadPoolExecutor:
+    """The artifact threads: ``concurrency`` downloading (``Runtime.downloads``), and as
+    many finishing objects whose sinks need no memory to commit (local: fsync, rename,
+    read back), so the next download does not wait for the disk."""
+    return ThreadPoolExecutor(2 * rt.settings.concurrency,
+                              thread_name_prefix="archiver-artifact")
+
+
 class ThreadExecutor:
     """Runs claimed jobs on this process's threads. Use as a context manager (it owns
     the heartbeat and the pools); ``backoff`` (the poll interval, watch/serve): incomplete
@@ -140,7 +148,7 @@ class ThreadExecutor:
         self.heartbeat = Heartbeat(rt.ledger, rt.worker, rt.settings.lease)
         c = rt.settings.concurrency
         self.jobs = ThreadPoolExecutor(c, thread_name_prefix="archiver-job")
-        self.artifacts = ThreadPoolExecutor(c, thread_name_prefix="archiver-artifact")
+        self.artifacts = artifact_pool(rt)
 
     def __enter__(self) -> ThreadExecutor:
         self.heartbeat.start()

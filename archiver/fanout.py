@@ -69,6 +69,10 @@ class StoreContext:
     # The runtime's archiver.cancel.Canceller: a stop cuts the sockets of the download and
     # the uploads in flight, instead of waiting for a chunk boundary that may never come.
     canceller: Any = None
+    # Downloads in flight (``concurrency``): acquired before the request, released when
+    # the body has been read, or after the commit when a sink buffers through it
+    # (Sink.commit_buffers). None: no bound beyond the caller's threads.
+    downloads: Any = None
 
     def scope(self):
         return self.canceller.scope() if self.canceller is not None else nullcontext()
@@ -173,6 +177,8 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
     head, own = p.chains(job, item.artifact, first)
     outs: dict[str, _Out] = {}
     res.errors = {k: v for k, v in res.errors.items() if k != "*"}
+    # Taken before any writer opens: writers waiting for a download hold nothing.
+    slot = _Slot(p.downloads if item.data is None else None)
     try:
         for name in needed:
             if name in res.errors:
@@ -184,33 +190,7 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
                 res.errors[name] = f"{_what(job, item)} sink {name}: {exc}"
                 continue
             outs[name] = _Out(name, own[name], w)
-        chunks, dl = _chunks(p, item)
-        track = p.on_bytes if dl is not None else None
-        try:
-            if dl is not None:
-                res.filename = getattr(dl, "filename", None)
-            size = 0
-            if track is not None:
-                total, next_at = getattr(dl, "size", None), time.monotonic() + INTERVAL
-            for chunk in chunks:
-                if p.stopped():
-                    raise Interrupted("stop requested")
-                size += len(chunk)
-                if track is not None:
-                    now = time.monotonic()
-                    if now >= next_at:
-                        next_at = now + INTERVAL
-                        track(job.id, item.path, size, total)
-                for data in head.feed(chunk):
-                    _fan_out(p, job, item, outs, data, res)
-            for data in head.finish():
-                _fan_out(p, job, item, outs, data, res)
-            _fan_out(p, job, item, outs, None, res)
-        finally:
-            if dl is not None:
-                dl.close()
-        res.size = size
-        res.received = head.digests("received")
+        _transfer(p, job, item, outs, head, res, slot)
         for name, out in list(outs.items()):
             stored = _commit(p, job, item, out, head, res)
             if stored is not None:
@@ -219,6 +199,58 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
     finally:
         for out in outs.values():
             _abort(out)
+        slot.release()
+
+
+class _Slot:
+    """One attempt's download slot of ``StoreContext.downloads`` (none: no bound),
+    released once."""
+
+    def __init__(self, slots) -> None:
+        self.slots = slots
+        if slots is not None:
+            slots.acquire()
+
+    def release(self) -> None:
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.release()
+
+
+def _transfer(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], head,
+              res: ArtifactResult, slot: _Slot) -> None:
+    """Download ``item`` through the chains into the writers (not committed yet). Frees
+    the download slot at the end when no writer holds memory through its commit: the
+    next object's request starts while this one is made durable and read back."""
+    chunks, dl = _chunks(p, item)
+    track = p.on_bytes if dl is not None else None
+    try:
+        if dl is not None:
+            res.filename = getattr(dl, "filename", None)
+        size = 0
+        if track is not None:
+            total, next_at = getattr(dl, "size", None), time.monotonic() + INTERVAL
+        for chunk in chunks:
+            if p.stopped():
+                raise Interrupted("stop requested")
+            size += len(chunk)
+            if track is not None:
+                now = time.monotonic()
+                if now >= next_at:
+                    next_at = now + INTERVAL
+                    track(job.id, item.path, size, total)
+            for data in head.feed(chunk):
+                _fan_out(p, job, item, outs, data, res)
+        for data in head.finish():
+            _fan_out(p, job, item, outs, data, res)
+        _fan_out(p, job, item, outs, None, res)
+    finally:
+        if dl is not None:
+            dl.close()
+    res.size = size
+    res.received = head.digests("received")
+    if not any(p.sinks[name].commit_buffers for name in outs):
+        slot.release()
 
 
 def _abort(out: _Out) -> None:

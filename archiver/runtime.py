@@ -185,7 +185,13 @@ class Runtime:
                             self.policy, stopped=halt, draining=self.draining.is_set,
                             owner=self.worker_id, wait=stop.wait,
                             on_bytes=self._on_bytes if self.shows_progress else None,
-                            canceller=self.cancel)
+                            canceller=self.cancel, downloads=self.downloads)
+
+    @cached_property
+    def downloads(self) -> threading.BoundedSemaphore:
+        """``concurrency`` downloads in flight in this process, for every job (the
+        artifact pool has twice as many threads: the others finish objects)."""
+        return threading.BoundedSemaphore(self.settings.concurrency)
 
     @property
     def shows_progress(self) -> bool:

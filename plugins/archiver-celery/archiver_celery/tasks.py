@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,6 +31,7 @@ class WorkerState:
     """One worker process's runtime, heartbeat (its leases) and artifact threads."""
 
     def __init__(self, config_file: str):
+        from archiver.executors import artifact_pool
         from archiver.leases import Heartbeat
         from archiver.ledger import new_worker_id
         from archiver.runtime import Runtime
@@ -41,8 +41,7 @@ class WorkerState:
         self.rt.worker = new_worker_id()
         self.heartbeat = Heartbeat(self.rt.ledger, self.rt.worker,
                                    self.rt.settings.lease).start()
-        self.pool = ThreadPoolExecutor(self.rt.settings.concurrency,
-                                       thread_name_prefix="archiver-artifact")
+        self.pool = artifact_pool(self.rt)
         # A new process often replaces one that died (the pool restarts killed
         # children): what the dead one was writing is removed before anything else.
         try:
