@@ -3,21 +3,20 @@
 :class:`S3Gateway` wraps one boto3 client, created on first use so that building a sink
 (or importing the plugin) does no I/O and imports no boto3. It knows the bucket and
 prefix, the options every new object carries, where an object's sha256 is recorded (S3's
-checksum, our metadata or our tag) and how to word a botocore error without credentials.
-So ``sink.py`` is only the :class:`~archiver.components.Sink` contract, ``writer.py`` only
-the upload protocol and ``checks.py`` only preflight and cleanup.
+checksum, our metadata or our tag) and how to word a botocore error without credentials;
+it creates objects (PutObject, multipart uploads) and heads, reads and lists them. What
+follows a commit (reading the new object back, comparing a key that was already taken,
+tagging the sha256) is its mixin :class:`~archiver_s3.commit.CommitMixin`; the Object
+Lock an object must carry, confirmed and completed after the commit, is
+:class:`~archiver_s3.objectlock.ObjectLockMixin`. So ``sink.py`` is only the
+:class:`~archiver.components.Sink` contract, ``writer.py`` only the upload protocol and
+``checks.py`` only preflight and cleanup.
 
 The methods creating objects return None when ``If-None-Match: *`` finds the key taken
 (the caller then asks :meth:`S3Gateway.match_existing`) and let other botocore errors
 through, so that the writer words its own message; the others raise ``SinkError``.
-
-Nothing is taken on trust after a commit (:meth:`S3Gateway.verify_stored`,
-:meth:`S3Gateway.match_existing`): HeadObject must report the size and checksum we sent
-and, with ``object_lock``, the mode, a retain-until date no earlier than ours and the
-legal hold. What is missing or shorter is applied after the fact (PutObjectRetention,
-PutObjectLegalHold) and read back again; if it still falls short the commit fails, naming
-what was wanted and what S3 holds. Every field read from a reply is checked: a reply cut
-short by the network (a HEAD whose headers stop half way parses as a success) is a
+Every field read from a reply is checked: a reply cut short by the network (a HEAD whose
+headers stop half way parses as a success) is a
 :class:`~archiver_s3.awserrors.RetryableSinkError`, never a KeyError.
 
 Requests go out without ``Expect: 100-continue``: botocore adds it to every file-like
@@ -29,26 +28,25 @@ request S3 refuses (412, 403) has already sent its body.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Iterator
 from urllib.parse import quote, urlencode
 
 from archiver import cancel
-from archiver.errors import ConflictError, PluginError, SinkError
+from archiver.errors import PluginError, SinkError
 from archiver.keys import join_prefix
-from archiver.model import StoredObject
 
 from . import awserrors, checksums
 from .awserrors import RetryableSinkError
 from .body import BufferBody
+from .commit import CommitMixin
 from .connections import make_cancellable
 from .config import SHA256_METADATA, SHA256_TAG, S3SinkConfig
+from .objectlock import Lock, ObjectLockMixin, _utc, _version
 
 # The sink's logger: these are the sink's messages, and log filters name that logger.
 log = logging.getLogger("archiver_s3.sink")
@@ -88,62 +86,13 @@ def header_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return meta
 
 
-def _version(resp: dict) -> dict[str, str]:
-    vid = resp.get("VersionId")
-    return {"VersionId": vid} if vid and vid != "null" else {}
-
-
 def _no_expect(request, **kwargs) -> None:
     """botocore ``before-send`` handler: drop ``Expect: 100-continue`` (module docstring).
     The header is not signed, so removing it here leaves the signature valid."""
     request.headers.pop("Expect", None)
 
 
-#: Object Lock modes, weakest first: COMPLIANCE also satisfies a wanted GOVERNANCE.
-LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
-#: An object found at the key (not created by this writer) holds enough retention if its
-#: retain-until is no more than this before LastModified + retain_days: the date was
-#: counted from the start of its upload, which we do not know. (With ``retain_until``
-#: the date is known: one second.)
-EXISTING_SLACK = timedelta(days=1)
-_SECOND = timedelta(seconds=1)
-
-
-@dataclass(frozen=True)
-class Lock:
-    """The Object Lock an object must carry."""
-
-    mode: str
-    until: datetime
-    legal_hold: bool
-
-    def params(self) -> dict[str, Any]:
-        """PutObject / CreateMultipartUpload arguments setting this lock."""
-        out: dict[str, Any] = {"ObjectLockMode": self.mode,
-                               "ObjectLockRetainUntilDate": self.until}
-        if self.legal_hold:
-            out["ObjectLockLegalHoldStatus"] = "ON"
-        return out
-
-    def __str__(self) -> str:
-        return (f"mode {self.mode} until {self.until.isoformat()}"
-                + (", legal hold ON" if self.legal_hold else ""))
-
-
-def found_lock(head: dict) -> str:
-    """What HeadObject reports about an object's lock, in the words of :class:`Lock`."""
-    mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
-    hold = head.get("ObjectLockLegalHoldStatus")
-    parts = []
-    if mode or until:
-        parts.append(f"mode {mode or 'none'} until "
-                     f"{until.isoformat() if isinstance(until, datetime) else until or 'none'}")
-    if hold:
-        parts.append(f"legal hold {hold}")
-    return ", ".join(parts) or "no Object Lock"
-
-
-class S3Gateway:
+class S3Gateway(CommitMixin, ObjectLockMixin):
     """One sink's bucket and prefix, and the S3 operations on them (module docstring).
 
     Credentials come from boto3's chain (environment, ``profile``, role) and are never
@@ -220,13 +169,6 @@ class S3Gateway:
         return value
 
     # ------------------------------------------------------------------ creating objects
-    def wanted_lock(self) -> Lock | None:
-        """The lock an object uploaded from now on must carry (None: no ``object_lock``)."""
-        lock = self.config.object_lock
-        if lock is None:
-            return None
-        return Lock(lock.mode, lock.retain_until_datetime(), lock.legal_hold)
-
     def object_params(self, full_key: str, metadata: dict[str, str],
                       lock: Lock | None = None) -> dict[str, Any]:
         """Arguments shared by PutObject and CreateMultipartUpload: the object is locked
@@ -437,229 +379,3 @@ class S3Gateway:
             raise
         except Exception as exc:
             raise self.error(f"listing keys below {prefix!r} (ListObjectsV2)", exc) from exc
-
-    # ------------------------------------------------------------------ after a commit
-    def match_existing(self, key: str, sha256: str, digests: dict[str, str]) -> StoredObject:
-        """The object already at ``key`` if it holds ``sha256``, else ConflictError.
-
-        Tags are writable by anyone allowed s3:PutObjectTagging, so they are not trusted
-        here: without a checksum or metadata digest the object is read and hashed, and
-        then gets the ``archiver-sha256`` tag if it lacks it (a multipart commit cut
-        short between CompleteMultipartUpload and tagging: the tag is there however the
-        object got committed). Its Object Lock is confirmed and completed as for a new
-        object, counted from its LastModified (:meth:`existing_lock`).
-        """
-        head = self.head(key)
-        if head is None:
-            raise RetryableSinkError(f"sink {self.label!r}: key {key!r} "
-                                     f"({self.describe(key)}) existed a moment ago and is "
-                                     "gone; retry")
-        existing, source = self.stored_sha256(key, head, use_tag=False)
-        if existing is None:
-            h = hashlib.sha256()
-            with self.stream(key) as chunks:
-                for chunk in chunks:
-                    h.update(chunk)
-            existing, source = h.hexdigest(), "read"
-        if existing != sha256:
-            raise ConflictError(f"sink {self.label!r}: key {key!r} ({self.describe(key)}) "
-                                f"already holds different bytes (sha256 {existing}, new "
-                                f"{sha256}); the stored object was left untouched")
-        if source == "read":
-            self.ensure_sha256_tag(key, head, sha256)
-        lock = self.config.object_lock
-        head, applied = self.confirm_lock(
-            key, head, self.existing_lock(key, head),
-            slack=EXISTING_SLACK if lock and lock.retain_days else _SECOND)
-        extra = {**self.facts(head), "sha256_source": source}
-        if applied:
-            extra["object_lock_applied_after_commit"] = True
-        return StoredObject(sink=self.label, key=key, size=head["ContentLength"],
-                            digests=dict(digests),
-                            provider_checksum=checksums.provider_checksum(head),
-                            location=self.describe(key), existed=True, extra=extra)
-
-    def _put_tags(self, key: str, version: dict[str, str], tags: dict[str, str]) -> None:
-        try:
-            self.client.put_object_tagging(
-                Bucket=self.bucket, Key=self.full_key(key),
-                Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
-                **version)
-        except Exception as exc:  # the object is complete and verified; only stat suffers
-            log.warning("sink %s: %s: could not tag the sha256 (%s); stat() will not report "
-                        "it", self.label, self.describe(key), awserrors.describe(exc))
-
-    def tag_sha256(self, key: str, version: str | None, sha256: str) -> None:
-        """Record the digest of a multipart object as a tag (with the configured tags)."""
-        self._put_tags(key, _version({"VersionId": version}),
-                       {**self.config.tags, SHA256_TAG: sha256})
-
-    def ensure_sha256_tag(self, key: str, head: dict, sha256: str) -> None:
-        """Add the ``archiver-sha256`` tag (and configured tags it lacks) to an object whose
-        bytes were just hashed to ``sha256``; tags already there are kept."""
-        version = _version(head)
-        try:
-            resp = self.client.get_object_tagging(Bucket=self.bucket, Key=self.full_key(key),
-                                                  **version)
-        except Exception as exc:
-            log.warning("sink %s: %s: could not read the tags (%s); the sha256 tag is not "
-                        "added", self.label, self.describe(key), awserrors.describe(exc))
-            return
-        tags = {t["Key"]: t.get("Value", "") for t in resp.get("TagSet") or []
-                if isinstance(t, dict) and t.get("Key")}
-        if tags.get(SHA256_TAG) == sha256:
-            return
-        log.info("sink %s: %s: adding the missing %s tag", self.label, self.describe(key),
-                 SHA256_TAG)
-        self._put_tags(key, version, {**self.config.tags, **tags, SHA256_TAG: sha256})
-
-    def verify_stored(self, key: str, resp: dict, digests: dict[str, str], expected: str,
-                      kind: str, size: int, lock: Lock | None = None) -> StoredObject:
-        """Check what S3 reports for the object just committed: its size, the checksum it
-        computed against ``expected`` (ours) and the Object Lock against ``lock`` (what
-        the upload asked for; see :meth:`confirm_lock`)."""
-        version = _version(resp)
-        head = self.head(key, **version)
-        if head is None:
-            raise RetryableSinkError(f"sink {self.label!r}: key {key!r} "
-                                     f"({self.describe(key)}) is missing right after it was "
-                                     "committed")
-        checksum = checksums.provider_checksum(resp) or checksums.provider_checksum(head, kind)
-        if not checksum:
-            # A reply cut short lacks it just as a store that never reports checksums does:
-            # ask once more before settling for none.
-            again = self.head(key, **version)
-            if again is not None:
-                head, checksum = again, checksums.provider_checksum(again, kind)
-        problems = []
-        if head["ContentLength"] != size:
-            problems.append(f"S3 holds {head['ContentLength']} bytes, we sent {size}")
-        if not checksum:
-            # Some S3-compatible stores accept but never report flexible checksums.
-            log.warning("sink %s: %s: the store reports no checksum; the object is stored "
-                        "but its provider checksum cannot be recorded", self.label,
-                        self.describe(key))
-        elif checksum.get("value") != expected:
-            problems.append(f"S3's {self.config.checksum_algorithm} checksum is "
-                            f"{checksum.get('value')}, ours {expected}")
-        if problems:
-            raise SinkError(f"sink {self.label!r}: key {key!r} ({self.describe(key)}): "
-                            f"{'; '.join(problems)}")
-        if checksum:
-            checksum.setdefault("type", kind)
-        head, applied = self.confirm_lock(key, head, lock)
-        extra = self.facts(head)
-        if applied:
-            extra["object_lock_applied_after_commit"] = True
-        return StoredObject(sink=self.label, key=key, size=size, digests=dict(digests),
-                            provider_checksum=checksum, location=self.describe(key),
-                            extra=extra)
-
-    # ------------------------------------------------------------------ object lock
-    def existing_lock(self, key: str, head: dict) -> Lock | None:
-        """The lock an object found at ``key`` must carry: the configured mode and legal
-        hold, retained until LastModified + ``retain_days`` (or ``retain_until``)."""
-        lock = self.config.object_lock
-        if lock is None:
-            return None
-        created = _utc(self.field(head, "LastModified", "HeadObject", key))
-        now = datetime.now(timezone.utc)
-        return Lock(lock.mode, lock.retain_until_datetime(now=min(created, now)),
-                    lock.legal_hold)
-
-    @staticmethod
-    def lock_shortfall(head: dict, wanted: Lock, slack: timedelta = _SECOND) -> set[str]:
-        """Which of ``mode``, ``until``, ``legal_hold`` HeadObject shows falling short of
-        ``wanted`` (COMPLIANCE satisfies GOVERNANCE; a later date satisfies an earlier)."""
-        short = set()
-        mode = head.get("ObjectLockMode")
-        if mode not in LOCK_MODES or LOCK_MODES.index(mode) < LOCK_MODES.index(wanted.mode):
-            short.add("mode")
-        until = head.get("ObjectLockRetainUntilDate")
-        if not isinstance(until, datetime) or _utc(until) < wanted.until - slack:
-            short.add("until")
-        if wanted.legal_hold and head.get("ObjectLockLegalHoldStatus") != "ON":
-            short.add("legal_hold")
-        return short
-
-    def confirm_lock(self, key: str, head: dict, wanted: Lock | None, *,
-                     slack: timedelta = _SECOND) -> tuple[dict, bool]:
-        """``(head, applied)``: HeadObject of ``key`` once its Object Lock satisfies
-        ``wanted``; ``applied`` if that took PutObjectRetention / PutObjectLegalHold.
-
-        What is missing or shorter is applied (the stronger of both modes, the later of
-        both dates, legal hold ON) and read back. If S3 still reports less: SinkError
-        naming the sink, the key, what was wanted and what S3 holds; the object stays
-        (it cannot be deleted, and need not be: the next attempt finds it and tries again).
-        """
-        if wanted is None:
-            return head, False
-        short = self.lock_shortfall(head, wanted, slack)
-        if not short:
-            return head, False
-        log.warning("sink %s: %s: S3 reports %s after the commit, wanted %s; applying it",
-                    self.label, self.describe(key), found_lock(head), wanted)
-        version, failures = _version(head), []
-        if short & {"mode", "until"}:
-            mode, until = wanted.mode, wanted.until
-            found_mode = head.get("ObjectLockMode")
-            if found_mode in LOCK_MODES and LOCK_MODES.index(found_mode) > \
-                    LOCK_MODES.index(mode):
-                mode = found_mode
-            found_until = head.get("ObjectLockRetainUntilDate")
-            if isinstance(found_until, datetime) and _utc(found_until) > until:
-                until = _utc(found_until)
-            try:
-                self.client.put_object_retention(
-                    Bucket=self.bucket, Key=self.full_key(key),
-                    Retention={"Mode": mode, "RetainUntilDate": until}, **version)
-            except Exception as exc:
-                failures.append("PutObjectRetention: " + awserrors.describe(
-                    exc, "s3:PutObjectRetention"))
-        if "legal_hold" in short:
-            try:
-                self.client.put_object_legal_hold(
-                    Bucket=self.bucket, Key=self.full_key(key), LegalHold={"Status": "ON"},
-                    **version)
-            except Exception as exc:
-                failures.append("PutObjectLegalHold: " + awserrors.describe(
-                    exc, "s3:PutObjectLegalHold"))
-        again = self.head(key, **version)
-        if again is None:
-            raise RetryableSinkError(f"sink {self.label!r}: key {key!r} "
-                                     f"({self.describe(key)}) vanished while its Object "
-                                     "Lock was applied")
-        if not self.lock_shortfall(again, wanted, slack):
-            return again, True
-        why = "; ".join(failures) or ("S3 accepted the request; HeadObject shows Object "
-                                      "Lock only to callers allowed s3:GetObjectRetention "
-                                      "and s3:GetObjectLegalHold")
-        raise SinkError(f"sink {self.label!r}: key {key!r} ({self.describe(key)}): Object "
-                        f"Lock not in force after the commit: wanted {wanted}, S3 holds "
-                        f"{found_lock(again)} ({why}); the object is stored but not counted "
-                        "as archived, the next attempt applies the lock again")
-
-    def retention_in_force(self, key: str) -> dict[str, Any]:
-        """The Object Lock S3 reports for ``key`` now (``Sink.retention_in_force``)."""
-        head = self.head(key)
-        if head is None:
-            raise SinkError(f"sink {self.label!r}: no object at key {key!r} "
-                            f"({self.describe(key)})")
-        out: dict[str, Any] = {}
-        if head.get("ObjectLockMode"):
-            out["mode"] = head["ObjectLockMode"]
-        until = head.get("ObjectLockRetainUntilDate")
-        if isinstance(until, datetime):
-            out["retain_until"] = _utc(until).isoformat()
-        if head.get("ObjectLockLegalHoldStatus") == "ON":
-            out["legal_hold"] = True
-        return out
-
-
-def _utc(when: datetime) -> datetime:
-    """``when`` in UTC (botocore parses dates in the local zone or UTC; naive means UTC)."""
-    if not isinstance(when, datetime):
-        raise TypeError(f"not a datetime: {when!r}")
-    if when.tzinfo is None:
-        return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)

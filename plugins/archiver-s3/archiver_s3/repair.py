@@ -26,7 +26,8 @@ from .body import BufferBody
 from .writer import S3Writer
 
 if TYPE_CHECKING:
-    from .gateway import Lock, S3Gateway
+    from .gateway import S3Gateway
+    from .objectlock import Lock
     from .sink import S3Sink
 
 
