@@ -20,10 +20,11 @@ What is found, each naming the sink, the job and the object or tag file:
   not checked. Nothing is ever repaired here (``archiver repair``,
   :mod:`archiver.compliance.repair`, runs this audit and restores what it names).
 
-Sampling (``--sample PERCENT`` or ``--bytes BUDGET``) picks the copies checked least
-recently (never-checked first), so repeated sampled runs cover everything in turn, as
-restic's ``--read-data-subset`` does; the rotation state is the ``fixity`` table of the
-ledger. Memory: one chunk per object read, plus each bag's manifests.
+Which copies are checked is :func:`~archiver.compliance.fixity_sampling.select`'s (all,
+or a sample rotating through the least recently checked); what the audit finds goes into
+a :class:`~archiver.compliance.fixity_report.FixityReport`; the retention a copy must
+still carry is worked out in :mod:`archiver.compliance.fixity_retention`. Memory: one
+chunk per object read, plus each bag's manifests.
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from ..components import Sink
@@ -51,73 +50,17 @@ from .bagit import (
     tag_key,
     tagmanifest_name,
 )
+from .fixity_report import Finding, FixityReport
+from .fixity_retention import (
+    HOLDS,
+    configured_retention,
+    describe_retention,
+    recorded_retention,
+    retention_shortfall,
+)
+from .fixity_sampling import select
 
 log = logging.getLogger("archiver.compliance.fixity")
-
-TAMPERING = ("altered", "missing", "added", "manifest", "tag", "unreadable", "retention")
-
-#: Retention modes by strength (S3 Object Lock, GCS object retention): a stronger mode
-#: satisfies a weaker one.
-MODE_RANK = {"GOVERNANCE": 1, "COMPLIANCE": 2, "Unlocked": 1, "Locked": 2}
-HOLDS = ("legal_hold", "temporary_hold", "event_based_hold")
-#: A copy recorded without retention facts is held to the configured retention counted
-#: from its ``stored_at``, less this many seconds (providers count from the upload's
-#: start, which the ledger does not know).
-FALLBACK_SLACK = 86400.0
-
-
-@dataclass
-class Finding:
-    """One problem found, naming what is at fault."""
-
-    kind: str
-    sink: str
-    job_id: str
-    where: str
-    detail: str
-    key: str | None = None    # the sink key of the object or tag file, where there is one
-    path: str | None = None   # the object's ledger path (payload findings)
-
-    def __str__(self) -> str:
-        return (f"{self.kind.upper()} sink {self.sink} job {self.job_id}: {self.where}: "
-                f"{self.detail}")
-
-
-@dataclass
-class FixityReport:
-    objects: int = 0              # copies eligible (after --sink / --since)
-    checked: int = 0
-    bytes: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        if any(f.kind in TAMPERING for f in self.findings):
-            return 1
-        return 3 if self.findings else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"objects": self.objects, "checked": self.checked, "bytes": self.bytes,
-                "findings": [vars(f) for f in self.findings], "notes": self.notes,
-                "exit_code": self.exit_code}
-
-
-def select(rows: list[CopyRow], sample: float | None, budget: int | None) -> list[CopyRow]:
-    """The copies to check: all, or the least recently checked PERCENT / BUDGET bytes."""
-    if sample is None and budget is None:
-        return rows
-    rows = sorted(rows, key=lambda r: (r.checked_at is not None, r.checked_at or 0,
-                                       r.job_id, r.path, r.sink))
-    if sample is not None:
-        return rows[:max(1, math.ceil(len(rows) * sample / 100))] if rows else []
-    out, total = [], 0
-    for row in rows:
-        if out and total + row.size > budget:
-            break
-        out.append(row)
-        total += row.size
-    return out
 
 
 @dataclass
@@ -400,90 +343,6 @@ class Auditor:
                        f"{'; '.join(problems)} (wanted: {describe_retention(wanted)}, "
                        f"{basis}; the store holds: {describe_retention(current)})")
         return problems, current
-
-
-def recorded_retention(data: dict[str, Any]) -> dict[str, Any]:
-    """A ``retention`` audit record's facts (``StoredObject.extra`` keys, see
-    ``archiver.ledger.chainrules.RETENTION_KEYS``) in the shape of ``Sink.retention``."""
-    out: dict[str, Any] = {}
-    nested = data.get("retention") if isinstance(data.get("retention"), dict) else {}
-    mode = data.get("object_lock_mode") or nested.get("mode")
-    until = data.get("object_lock_retain_until") or nested.get("retain_until")
-    if mode:
-        out["mode"] = mode
-    if until:
-        out["retain_until"] = until
-    if data.get("object_lock_legal_hold") == "ON" or data.get("legal_hold") is True:
-        out["legal_hold"] = True
-    for hold in ("temporary_hold", "event_based_hold"):
-        if data.get(hold) is True:
-            out[hold] = True
-    return out
-
-
-def configured_retention(configured: dict[str, Any] | None,
-                         stored_at: float | None) -> dict[str, Any]:
-    """What ``Sink.retention`` (the retention an object written *now* receives) means for
-    a copy stored at ``stored_at``: the same mode and holds, retained that much less long
-    (less :data:`FALLBACK_SLACK`). For a fixed date this is lenient, never too strict."""
-    if not configured:
-        return {}
-    out = {k: v for k, v in configured.items() if k == "mode" or (k in HOLDS and v is True)}
-    until = _when(configured.get("retain_until"))
-    if until is not None:
-        age = max(0.0, time.time() - stored_at) if stored_at else 0.0
-        out["retain_until"] = _iso(until - age - FALLBACK_SLACK)
-    return out
-
-
-def retention_shortfall(wanted: dict[str, Any], current: dict[str, Any],
-                        now: float) -> list[str]:
-    """How ``current`` (``Sink.retention_in_force``) falls short of ``wanted``. A retention
-    whose wanted date has passed has run out as planned and is not checked."""
-    problems = []
-    until = _when(wanted.get("retain_until"))
-    if until is not None and until > now:
-        have = _when(current.get("retain_until"))
-        mode, have_mode = wanted.get("mode"), current.get("mode")
-        if have is None or not have_mode:
-            problems.append("retention missing")
-        else:
-            if have < until - 1:
-                problems.append(f"retention shortened to {_iso(have)}, wanted at least "
-                                f"{_iso(until)}")
-            if mode and have_mode != mode and (
-                    MODE_RANK.get(have_mode, 0) < MODE_RANK.get(mode, 0)
-                    or MODE_RANK.get(mode) is None):
-                problems.append(f"retention mode {have_mode}, wanted {mode}")
-    for hold in HOLDS:
-        if wanted.get(hold) and not current.get(hold):
-            problems.append(f"{hold.replace('_', ' ')} removed")
-    return problems
-
-
-def describe_retention(ret: dict[str, Any]) -> str:
-    parts = []
-    if ret.get("mode") or ret.get("retain_until"):
-        parts.append(f"{ret.get('mode') or 'no mode'} until {ret.get('retain_until') or '-'}")
-    parts += [hold.replace("_", " ") for hold in HOLDS if ret.get(hold)]
-    return ", ".join(parts) or "none"
-
-
-def _when(value: Any) -> float | None:
-    """Seconds since the epoch of an ISO 8601 date (naive: UTC), or None."""
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
 def _ident(row: CopyRow) -> tuple[str, str, str]:

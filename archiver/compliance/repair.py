@@ -40,7 +40,8 @@ from ..components import Sink
 from ..errors import ArchiverError, ConflictError
 from ..humanize import parse_iso
 from . import storage
-from .fixity import Auditor, Finding
+from .fixity import Auditor
+from .fixity_report import Finding
 
 log = logging.getLogger("archiver.compliance.repair")
 
