@@ -109,7 +109,11 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
     if not needed:
         res.skipped = True
         return res
+    # The first attempt's download slot, taken before the drain check: a stop that came
+    # while this object waited for a slot starts nothing new.
+    slot = _Slot(p.downloads if item.data is None else None)
     if p.draining():
+        slot.release()
         res.errors["*"] = f"{_what(job, item)}: not started, shutting down"
         return res
     committed: list[tuple[_Out, StoredObject]] = []
@@ -118,7 +122,7 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
         attempt += 1
         try:
             with p.scope():
-                _attempt(p, job, item, needed, res, committed)
+                _attempt(p, job, item, needed, res, committed, slot)
             break
         except SourceError as exc:
             if exc.retryable and attempt <= p.policy.retries and not p.stopped():
@@ -172,14 +176,15 @@ def _chunks(p: StoreContext, item: Item) -> tuple[Iterator[bytes], object]:
 
 
 def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: ArtifactResult,
-             committed: list) -> None:
-    first = item.keys[needed[0]]
-    head, own = p.chains(job, item.artifact, first)
+             committed: list, slot: _Slot) -> None:
+    """One attempt at the object; ``slot`` is its download slot (taken before any
+    writer opens, so writers waiting for a download hold nothing), released here; a
+    released one is taken again (a restart)."""
     outs: dict[str, _Out] = {}
     res.errors = {k: v for k, v in res.errors.items() if k != "*"}
-    # Taken before any writer opens: writers waiting for a download hold nothing.
-    slot = _Slot(p.downloads if item.data is None else None)
+    slot.take()
     try:
+        head, own = p.chains(job, item.artifact, item.keys[needed[0]])
         for name in needed:
             if name in res.errors:
                 continue  # failed in an earlier attempt for a reason a restart won't fix
@@ -203,18 +208,22 @@ def _attempt(p: StoreContext, job: Job, item: Item, needed: list[str], res: Arti
 
 
 class _Slot:
-    """One attempt's download slot of ``StoreContext.downloads`` (none: no bound),
-    released once."""
+    """An object's download slot of ``StoreContext.downloads`` (None: no bound), taken
+    when made; :meth:`release` gives it back once, :meth:`take` takes it again."""
 
     def __init__(self, slots) -> None:
-        self.slots = slots
-        if slots is not None:
-            slots.acquire()
+        self.slots, self.held = slots, False
+        self.take()
+
+    def take(self) -> None:
+        if self.slots is not None and not self.held:
+            self.slots.acquire()
+            self.held = True
 
     def release(self) -> None:
-        slots, self.slots = self.slots, None
-        if slots is not None:
-            slots.release()
+        if self.held:
+            self.held = False
+            self.slots.release()
 
 
 def _transfer(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], head,
