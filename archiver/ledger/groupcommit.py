@@ -30,8 +30,8 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator
 
 GROUP_MAX = 256  # units per transaction
 
@@ -132,3 +132,46 @@ class GroupCommitter:
         else:
             for unit, result in zip(group, results):
                 unit.result = result
+
+
+class BatchedWrites:
+    """``batch()``, ``_write`` and ``_write_now`` of a ledger backend that commits through
+    a :class:`GroupCommitter` (``_group()``); ``self._local`` is the backend's
+    ``threading.local``. Shared by the SQLite and PostgreSQL ledgers, whose transactions
+    differ but whose batches follow the one rule of
+    :meth:`archiver.ledger.protocols.RunLedger.batch`."""
+
+    _local: threading.local
+
+    def _group(self) -> GroupCommitter:
+        raise NotImplementedError
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """See :meth:`archiver.ledger.protocols.RunLedger.batch`."""
+        if getattr(self._local, "collected", None) is not None:
+            yield  # nested: the outer block commits
+            return
+        self._local.collected = collected = []
+        try:
+            yield
+        finally:
+            self._local.collected = None
+        if collected:
+            self._group().run(lambda: [work() for work in collected])
+
+    def _write(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` in a committed transaction, or add it to this thread's open
+        :meth:`batch` (then None is returned)."""
+        collected = getattr(self._local, "collected", None)
+        if collected is not None:
+            collected.append(work)
+            return None
+        return self._group().run(work)
+
+    def _write_now(self, work: Callable[[], Any], what: str) -> Any:
+        """A write whose result the caller needs: never deferred into a batch."""
+        if getattr(self._local, "collected", None) is not None:
+            raise RuntimeError(f"{what}() inside batch(): its result is not known until "
+                               "the batch commits; call it outside the block")
+        return self._group().run(work)

@@ -22,7 +22,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from .auditchain import AuditChain
 from .chainrules import retention_facts
 from .coordination import Coordination
 from .facts import expires_ts, job_facts
-from .groupcommit import GroupCommitter
+from .groupcommit import BatchedWrites, GroupCommitter
 from .readonly import connect_readonly
 from .sqlite_claims import SQLiteClaims
 from .sqlite_reads import SQLiteReads
@@ -47,7 +47,7 @@ BUSY_FIRST, BUSY_MAX = 0.0001, 0.005  # BEGIN IMMEDIATE's retry steps (seconds)
 _BUSY = {sqlite3.SQLITE_BUSY, getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", 517)}
 
 
-class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
+class SQLiteLedger(BatchedWrites, SQLiteClaims, Coordination, SQLiteReads):
     """The SQLite ledger. Thread-safe: one connection guarded by a lock (writes are tiny).
 
     ``create=False`` refuses a missing file (:class:`~archiver.errors.LedgerMissing`)."""
@@ -124,19 +124,8 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
         return str(self.path)
 
     # ------------------------------------------------------------------ transactions
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """See :meth:`archiver.ledger.protocols.RunLedger.batch`."""
-        if getattr(self._local, "collected", None) is not None:
-            yield  # nested: the outer block commits
-            return
-        self._local.collected = collected = []
-        try:
-            yield
-        finally:
-            self._local.collected = None
-        if collected:
-            self._writer.run(lambda: [work() for work in collected])
+    def _group(self) -> GroupCommitter:
+        return self._writer
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -181,22 +170,6 @@ class SQLiteLedger(SQLiteClaims, Coordination, SQLiteReads):
                 delay = min(delay * 2, BUSY_MAX)
         finally:
             db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-
-    def _write(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` (statements on ``self._db``) in a committed transaction, or add it
-        to the open :meth:`batch` of this thread (then None is returned)."""
-        collected = getattr(self._local, "collected", None)
-        if collected is not None:
-            collected.append(work)
-            return None
-        return self._writer.run(work)
-
-    def _write_now(self, work: Callable[[], Any], what: str) -> Any:
-        """A write whose result the caller needs: never deferred into a batch."""
-        if getattr(self._local, "collected", None) is not None:
-            raise RuntimeError(f"{what}() inside batch(): its result is not known until "
-                               "the batch commits; call it outside the block")
-        return self._writer.run(work)
 
     def _exec(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         """A read."""

@@ -205,7 +205,7 @@ class PostgresLedger(PostgresTransactions, PostgresClaims, Coordination, Postgre
 
     def close(self) -> None:
         """Commit what is queued, close the connections."""
-        self._writer().close()
+        self._group().close()
         self._conns.close()
 
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from archiver.ledger.auditchain import AuditChain
-from archiver.ledger.groupcommit import GroupCommitter
+from archiver.ledger.groupcommit import BatchedWrites, GroupCommitter
 
 from . import schema
 from .connections import Connections, LedgerUnavailable, Outage, transient
@@ -81,11 +80,11 @@ class _Committer(GroupCommitter):
                 unit.result = result
 
 
-class PostgresTransactions:
+class PostgresTransactions(BatchedWrites):
     """The write transactions of :class:`~.ledger.PostgresLedger`; see the module
     docstring."""
 
-    # Set by PostgresLedger.__init__ (and _writer() after a fork).
+    # Set by PostgresLedger.__init__ (and _group() after a fork).
     _conns: Connections
     _lock: threading.Lock
     _local: threading.local
@@ -102,42 +101,13 @@ class PostgresTransactions:
     location: str
 
     # ------------------------------------------------------------------ transactions
-    def _writer(self) -> GroupCommitter:
+    def _group(self) -> GroupCommitter:
+        """The committer (a new one after a fork: the parent's and its lock stayed behind)."""
         if os.getpid() != self._pid:  # forked: the committer and its lock stayed behind
             self._pid = os.getpid()
             self._lock = threading.Lock()
             self._committer = _Committer(self._run_tx, f"ledger-writer {self.location}")
         return self._committer
-
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        """See :meth:`archiver.ledger.protocols.RunLedger.batch`."""
-        if getattr(self._local, "collected", None) is not None:
-            yield  # nested: the outer block commits
-            return
-        self._local.collected = collected = []
-        try:
-            yield
-        finally:
-            self._local.collected = None
-        if collected:
-            self._writer().run(lambda: [work() for work in collected])
-
-    def _write(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` in a committed transaction, or add it to this thread's open
-        :meth:`batch` (then None is returned)."""
-        collected = getattr(self._local, "collected", None)
-        if collected is not None:
-            collected.append(work)
-            return None
-        return self._writer().run(work)
-
-    def _write_now(self, work: Callable[[], Any], what: str) -> Any:
-        """A write whose result the caller needs: never deferred into a batch."""
-        if getattr(self._local, "collected", None) is not None:
-            raise RuntimeError(f"{what}() inside batch(): its result is not known until "
-                               "the batch commits; call it outside the block")
-        return self._writer().run(work)
 
     def _run_tx(self, work: Callable[[], Any]) -> Any:
         """``work()`` in one transaction on the writer connection, committed; re-run whole
