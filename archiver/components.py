@@ -225,7 +225,7 @@ class Sink(Component):
     object)? True (the safe default): the object keeps its download slot until it is
     committed, so ``concurrency`` bounds the writers holding memory. False (local: at
     commit every byte is in a file): the slot goes to the next download while this object
-    is made durable, renamed and read back."""
+    is made durable and linked into place."""
 
     def __init__(self, config: ComponentConfig, label: str = ""):
         super().__init__(config)

@@ -129,8 +129,8 @@ def refusal_outcome(job: Job, refused) -> JobOutcome:
 
 def artifact_pool(rt: Runtime) -> ThreadPoolExecutor:
     """The artifact threads: ``concurrency`` downloading (``Runtime.downloads``), and as
-    many finishing objects whose sinks need no memory to commit (local: fsync, rename,
-    read back), so the next download does not wait for the disk."""
+    many finishing objects whose sinks need no memory to commit (local: fsync, link into
+    place, fsync the directory), so the next download does not wait for the disk."""
     return ThreadPoolExecutor(2 * rt.settings.concurrency,
                               thread_name_prefix="archiver-artifact")
 

@@ -230,7 +230,7 @@ def _transfer(p: StoreContext, job: Job, item: Item, outs: dict[str, _Out], head
               res: ArtifactResult, slot: _Slot) -> None:
     """Download ``item`` through the chains into the writers (not committed yet). Frees
     the download slot at the end when no writer holds memory through its commit: the
-    next object's request starts while this one is made durable and read back."""
+    next object's request starts while this one is made durable."""
     chunks, dl = _chunks(p, item)
     track = p.on_bytes if dl is not None else None
     try:

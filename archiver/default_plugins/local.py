@@ -78,7 +78,7 @@ class LocalSink(Sink):
     name = "local"
     memory_bound = "one chunk (the pipeline's chunk_size)"
     host_local = True  # pending tokens are temporary file paths on this host
-    commit_buffers = False  # commit is fsync, rename, read back: no buffer held
+    commit_buffers = False  # commit is fsync, link, directory fsync: no buffer held
 
     class Config(ComponentConfig):
         root: Path = Field(description="Directory holding the archive (created if missing); "
