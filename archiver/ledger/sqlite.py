@@ -88,15 +88,23 @@ class SQLiteLedger(BatchedWrites, SQLiteClaims, Coordination, SQLiteReads):
         answers a journal-mode change with SQLITE_BUSY at once, without its busy handler,
         when another connection is inside a transaction (two workers opening a new ledger
         together; measured: 33 of 600 opens failed before this retry)."""
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        delay = BUSY_FIRST
+        self._retry_busy("PRAGMA journal_mode=WAL", BUSY_TIMEOUT)
+
+    def _retry_busy(self, sql: str, timeout: float) -> None:
+        """Execute ``sql``, retrying on SQLITE_BUSY in steps of ~0.1 ms doubling to 5 ms,
+        for up to ``timeout`` seconds from the first refusal; then SQLite's "database is
+        locked" error is raised."""
+        delay, deadline = BUSY_FIRST, None
         while True:
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(sql)
                 return
             except sqlite3.OperationalError as exc:
-                if (getattr(exc, "sqlite_errorcode", None) not in _BUSY
-                        or time.monotonic() >= deadline):
+                if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + timeout
+                if now >= deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, BUSY_MAX)
@@ -154,20 +162,7 @@ class SQLiteLedger(BatchedWrites, SQLiteClaims, Coordination, SQLiteReads):
         db = self._db
         db.execute("PRAGMA busy_timeout=0")
         try:
-            delay, deadline = BUSY_FIRST, None
-            while True:
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
-                        raise
-                    now = time.monotonic()
-                    deadline = deadline or now + self._busy_timeout
-                    if now >= deadline:
-                        raise
-                time.sleep(delay)
-                delay = min(delay * 2, BUSY_MAX)
+            self._retry_busy("BEGIN IMMEDIATE", self._busy_timeout)
         finally:
             db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
 
