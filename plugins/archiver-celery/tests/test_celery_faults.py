@@ -67,7 +67,9 @@ def test_a_worker_killed_mid_artifact_is_replaced_and_its_job_finished(make_flee
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_the_dispatcher_killed_and_restarted_loses_nothing(make_fleet, emu):
     jobs = add_small_jobs(emu, 30)
-    fleet = make_fleet()
+    # The killed dispatcher's leader lease must expire before the new one dispatches:
+    # a short lease keeps the wait short (the default is 30 s).
+    fleet = make_fleet(dispatch="{mode: celery, redispatch_after: 3s, leader_ttl: 4s}")
     disp = fleet.dispatcher()
     # no workers yet: jobs are queued in the ledger and sent to the broker
     wait_for("jobs sent", lambda: fleet.broker.depth() >= 10, timeout=60, procs=(disp,))
