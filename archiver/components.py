@@ -189,7 +189,9 @@ class Writer:
     again whenever it changes after a ``write``; so create nothing at the sink before the
     first ``write``/``commit`` unless ``pending`` names it already (the local sink
     creates its temporary file then). ``abort`` raises while what ``pending`` names
-    cannot be removed: the core then keeps the record for ``discard``.
+    cannot be removed: the core then keeps the record for ``discard``. A writer whose
+    crash leaves nothing behind (the local sink's unnamed temporary files) keeps
+    ``pending`` None, and nothing is recorded.
     """
 
     pending: str | None = None

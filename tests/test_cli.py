@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from archiver.testing.emulator import ArtifactSpec
 
 from archiver.testing.configs import basic_config
@@ -120,24 +122,47 @@ def _partials(root: Path):
     return [p for p in root.rglob("*.partial")] if root.exists() else []
 
 
-def test_sigkill_mid_transfer_then_rerun_completes(emu, tmp_path):
+def _unnamed_sizes(pid: int, root: Path) -> list[int]:
+    """Sizes of the unnamed (O_TMPFILE) files below ``root`` that process ``pid`` has open:
+    /proc shows them as ``<dir>/#<inode> (deleted)``."""
+    sizes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(str(root)) and target.endswith(" (deleted)"):
+                sizes.append(os.stat(f"/proc/{pid}/fd/{fd}").st_size)
+        except OSError:
+            continue  # closed meanwhile
+    return sizes
+
+
+@pytest.mark.parametrize("temp_files", ["named", "auto"])
+def test_sigkill_mid_transfer_then_rerun_completes(emu, tmp_path, temp_files):
+    if temp_files == "auto" and not getattr(os, "O_TMPFILE", 0):
+        pytest.skip("unnamed temporary files need Linux O_TMPFILE")
     emu.add_project(project_id="proj_t", name="T")
     job = emu.add_job("proj_t", artifacts=[ArtifactSpec(path="big.bin", size=64 << 20),
                                            ArtifactSpec(path="small.json", size=100)])
     emu.faults.slow_body = 0.02
     cfg = tmp_path / "a.yaml"
-    cfg.write_text(basic_config(emu, tmp_path))
+    cfg.write_text(basic_config(emu, tmp_path, temp_files=temp_files))
     env = {**os.environ, "PLANGREP_API_KEY": emu.api_key}
     proc = subprocess.Popen([sys.executable, "-m", "archiver.cli", "run", "-c", str(cfg)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = tmp_path / "archive"
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size > 1 << 20 for p in _partials(root)):
+
+    def in_flight() -> list[int]:
+        if temp_files == "named":
+            return [p.stat().st_size for p in _partials(root)]
+        return _unnamed_sizes(proc.pid, root)
+    while not any(size > 1 << 20 for size in in_flight()):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    assert _partials(root)  # the kill really left a temporary file
+    # named: the kill really left a temporary file; unnamed: it left nothing at all
+    assert bool(_partials(root)) is (temp_files == "named")
     assert not (root / "proj_t" / job["id"] / "data" / "artifacts" / "big.bin").exists()
     emu.faults.slow_body = 0.0
     out = archiver("run", "-c", str(cfg), "--json", env_key=emu.api_key)
@@ -163,7 +188,8 @@ def test_sigterm_aborts_cleanly(emu, tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = tmp_path / "archive"
     deadline = time.monotonic() + 60
-    while not _partials(root):
+    # mid-transfer: a named temporary file, or an unnamed one the process holds open
+    while not (_partials(root) or _unnamed_sizes(proc.pid, root)):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

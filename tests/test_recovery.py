@@ -49,9 +49,11 @@ def config_text(tmp_path: Path) -> str:
           - name: primary
             type: local
             root: {tmp_path / 'archive'}
+            temp_files: named
           - name: shared
             type: shared-dir
             root: {tmp_path / 'shared'}
+            temp_files: named
         state_dir: {tmp_path / 'state'}
         lease: {{ttl: {TTL}, heartbeat: 1}}
         """)
@@ -188,7 +190,8 @@ def cleanup(cfg: Path, *args: str) -> dict:
 def test_cleanup_command_dry_run_then_force(tmp_path):
     cfg = tmp_path / "a.yaml"
     cfg.write_text(config_text(tmp_path).replace(
-        f"  - name: shared\n    type: shared-dir\n    root: {tmp_path / 'shared'}\n", ""))
+        f"  - name: shared\n    type: shared-dir\n    root: {tmp_path / 'shared'}\n"
+        "    temp_files: named\n", ""))
     plugins = build_plugin_manager(entry_points=False)
     loaded = load_config(cfg, plugins.registry, env={"PLANGREP_API_KEY": "k"})
     rt = Runtime(loaded, plugins, open_ledger(loaded.settings.state_dir))

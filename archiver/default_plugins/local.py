@@ -1,16 +1,18 @@
 """The ``local`` sink: objects as files under a root directory.
 
-A writer streams into a hidden temporary file beside the target and publishes it on
-commit with ``os.link`` (which, unlike ``rename``, never replaces a file that appeared
-meanwhile), so readers see either nothing or the whole object, and two writers of one
-key can never overwrite each other.
+A writer (:mod:`.local_writer`) streams into a temporary file, unnamed where the
+filesystem can (``O_TMPFILE``: nothing to see, nothing left by a crash) and otherwise
+hidden beside the target, and publishes it on commit with a hard link (which, unlike
+``rename``, never replaces a file that appeared meanwhile), so readers see either nothing
+or the whole object, and two writers of one key can never overwrite each other.
 
-Temporary files are named ``.<basename>.%%<16 hex>.partial``. ``%%`` never occurs in a
+Named temporary files are named ``.<basename>.%%<16 hex>.partial``. ``%%`` never occurs in a
 key produced by :mod:`archiver.keys` (stored names hold no ``%``; bag roots only ``%XX``
 escapes), and keys with such a segment are refused, so cleanup can never mistake an
 archived artifact called ``.x.partial`` for a leftover.
 
-Crash leftovers are known by construction: a writer's temporary path is fixed when it
+Crash leftovers are known by construction: an unnamed file leaves nothing; a named
+writer's temporary path is fixed when it
 is opened, but the file (and any missing directory) is created only by its first write
 or its commit, after the core recorded the path in the ledger as the writer's pending
 token. A temporary file is forgotten by the ledger only once it is gone: an abort that
@@ -25,15 +27,16 @@ writer does. ``%%`` keeps that directory apart from every key (see above).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -46,14 +49,12 @@ from .local_paths import KnownDirs
 from .local_paths import fsync_dir as _fsync_dir
 from .local_paths import key_problem as _key_problem
 from .local_paths import makedirs as _makedirs
-from .local_paths import not_a_directory as _not_a_directory
 from .local_paths import probe as _probe
-from .local_paths import temp_name as _temp_name
+from .local_paths import probe_unnamed as _probe_unnamed
 from .local_paths import within as _within
+from .local_writer import LocalRepairWriter, LocalWriter
 
 READ_CHUNK = 1 << 20
-# errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 QUARANTINE = "%%quarantine"  # below the root: damaged files moved aside by repair
 
 
@@ -86,6 +87,11 @@ class LocalSink(Sink):
         read_only: bool = Field(False, description="Make committed files read-only (0444).")
         fsync: bool = Field(True, description="fsync files and directories on commit, so a "
                                               "committed object survives a power loss.")
+        temp_files: Literal["auto", "named"] = Field(
+            "auto", description="auto: write into unnamed temporary files (Linux O_TMPFILE) "
+            "where the filesystem supports them, so a crash leaves nothing behind and no "
+            "pending record is needed; named: always hidden '.<name>.%%<hex>.partial' files "
+            "beside the target, recorded in the ledger and removed by cleanup after a crash.")
 
     def __init__(self, config: Config, label: str = ""):
         super().__init__(config, label)
@@ -93,6 +99,11 @@ class LocalSink(Sink):
         # Existing directories already resolved inside the root: resolving every
         # component of every key (realpath) was a tenth of the per-object CPU.
         self._dirs = KnownDirs(self.root)
+        # Unnamed temporary files: None until probed (once, at the first writer); the
+        # directories whose filesystem refused them (mounts inside the root).
+        self._unnamed: bool | None = None if config.temp_files == "auto" else False
+        self._refused: set[str] = set()
+        self._probe_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
     def _path(self, key: str) -> str:
@@ -129,13 +140,31 @@ class LocalSink(Sink):
         return size
 
     # ------------------------------------------------------------------ Sink API
+    def unnamed_temp_files(self, directory: str) -> bool:
+        """Do writers into ``directory`` use unnamed temporary files?"""
+        if self._unnamed is None:
+            with self._probe_lock:
+                if self._unnamed is None:
+                    # None again when the root cannot be made or probed: asked again later
+                    # (the writer's own first write reports what is wrong).
+                    try:
+                        _makedirs(self.root)
+                    except OSError:
+                        return False
+                    self._unnamed = _probe_unnamed(self.root)
+        return bool(self._unnamed) and directory not in self._refused
+
+    def refuse_unnamed(self, directory: str) -> None:
+        """``directory``'s filesystem refused an unnamed file: named ones from now on."""
+        self._refused.add(directory)
+
     def open_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
-        return _LocalWriter(self, key, self._path(key))
+        return LocalWriter(self, key, self._path(key))
 
     def open_repair_writer(self, key: str, metadata: dict[str, str] | None = None) -> Writer:
         """For ``archiver repair`` only: at commit a damaged file at the key is moved to
         the quarantine directory (module docstring) before the good bytes take its place."""
-        return _LocalRepairWriter(self, key, self._path(key))
+        return LocalRepairWriter(self, key, self._path(key))
 
     def quarantine_path(self, key: str) -> str:
         """Where a damaged file at ``key`` is kept when repair replaces it (new each call)."""
@@ -253,208 +282,6 @@ class LocalSink(Sink):
             except OSError as exc:
                 self._list_failed(exc)
         return removed
-
-
-class _LocalWriter(Writer):
-    """Writes into ``pending`` (a temporary file beside the target) until commit.
-
-    ``pending`` is known as soon as the writer exists, but neither the file nor its
-    directories are created before the first :meth:`write` (or :meth:`commit`): the core
-    records the token first (:class:`archiver.tracked.TrackedWriter`), so nothing can
-    exist at the sink that the ledger does not know about. :meth:`abort` succeeds only
-    once the temporary file is gone; while it cannot be removed, it raises and the
-    recorded token stays for :meth:`LocalSink.discard`.
-    """
-
-    def __init__(self, sink: LocalSink, key: str, path: str):
-        self._sink, self.key, self._path = sink, key, path
-        self._fd: int | None = None
-        self._made = False  # the temporary file exists (as far as this writer knows)
-        self._created: list[str] = []
-        self._state = "open"
-        self.size = 0
-        directory, base = os.path.split(path)
-        self.pending = os.path.join(directory, _temp_name(base))
-        blocker = None if directory in sink._dirs else _not_a_directory(directory)
-        if blocker is not None:
-            raise sink._error("create", key, OSError(errno.ENOTDIR, "Not a directory",
-                                                     blocker))
-
-    def _open(self) -> None:
-        """Create the directories and the temporary file, on first use."""
-        if self._fd is not None or self._made:
-            return
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        try:
-            try:  # the directory usually exists: no stat of each of its parents first
-                self._fd = os.open(self.pending, flags, 0o666)
-            except FileNotFoundError:
-                directory = os.path.dirname(self.pending)
-                self._created = _makedirs(directory)
-                self._fd = os.open(self.pending, flags, 0o666)
-                self._sink._dirs.remember(directory)
-            self._made = True
-        except OSError as exc:
-            raise self._fail(exc, "create") from exc
-
-    def __del__(self):
-        # Dropped without commit or abort: free the descriptor but keep the file, which
-        # the recorded pending token lets discard() remove (as after a crash).
-        if getattr(self, "_fd", None) is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-
-    def _refuse(self, action: str) -> SinkError:
-        return SinkError(f"sink {self._sink.label!r}: cannot {action} key {self.key!r}: "
-                         f"the writer is already {self._state}")
-
-    def _drop(self) -> None:
-        """Close and remove the temporary file; OSError when it cannot be removed (the
-        file, and so the pending token, stay)."""
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
-        if self._made:
-            try:
-                os.unlink(self.pending)
-            except FileNotFoundError:
-                pass
-            self._made = False
-
-    def _quietly_drop(self) -> None:
-        try:
-            self._drop()
-        except OSError:
-            pass  # abort() tries again; until it succeeds the pending token stays recorded
-
-    def _fail(self, exc: OSError, action: str) -> SinkError:
-        self._state = "failed"
-        self._quietly_drop()
-        return self._sink._error(action, self.key, exc)
-
-    def write(self, chunk: bytes) -> None:
-        if self._state != "open":
-            raise self._refuse("write to")
-        self._open()
-        view = memoryview(chunk).cast("B")
-        try:
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            raise self._fail(exc, "write") from exc
-        self.size += len(chunk)
-
-    def commit(self, digests: dict[str, str]) -> StoredObject:
-        if self._state != "open":
-            raise self._refuse("commit")
-        sha256 = (digests or {}).get("sha256")
-        if not sha256:
-            self._state = "failed"
-            self._quietly_drop()
-            raise SinkError(f"sink {self._sink.label!r}: cannot commit key {self.key!r} "
-                            "without a sha256 digest")
-        self._open()
-        config = self._sink.config
-        try:
-            if config.fsync:
-                os.fsync(self._fd)
-            if config.read_only:
-                os.fchmod(self._fd, 0o444)
-            os.close(self._fd)
-            self._fd = None
-            existed, size = self._publish(sha256)
-            if config.fsync:
-                directory = os.path.dirname(self._path)
-                _fsync_dir(directory)
-                for created in self._created:
-                    _fsync_dir(os.path.dirname(created))
-        except ConflictError:
-            self._state = "failed"
-            self._quietly_drop()
-            raise
-        except OSError as exc:
-            raise self._fail(exc, "commit") from exc
-        self._state = "committed"
-        return StoredObject(sink=self._sink.label, key=self.key, size=size,
-                            digests=dict(digests), location=self._path, existed=existed)
-
-    def _publish(self, sha256: str) -> tuple[bool, int]:
-        """Make the temporary file visible at the key without ever replacing a file;
-        return (existed, size)."""
-        try:
-            os.link(self.pending, self._path)
-        except FileExistsError:
-            size = self._sink._check_same(self._path, self.key, sha256)
-            self._unlink_temp()
-            return True, size
-        except OSError as exc:
-            if exc.errno not in _NO_HARD_LINKS:
-                raise
-            # No hard links here: rename cannot refuse an existing target, so check
-            # first; a writer racing between check and rename may still be replaced.
-            if os.path.lexists(self._path):
-                size = self._sink._check_same(self._path, self.key, sha256)
-                self._unlink_temp()
-                return True, size
-            os.rename(self.pending, self._path)
-            self._made = False
-            return False, self.size
-        self._unlink_temp()
-        return False, self.size
-
-    def _unlink_temp(self) -> None:
-        os.unlink(self.pending)
-        self._made = False
-
-    def abort(self) -> None:
-        """Remove the temporary file; idempotent, also after a failed write or commit
-        (whose own clean-up may have failed: it is tried again here). Raises SinkError
-        while the file cannot be removed, so the caller keeps its pending record."""
-        if self._state == "committed":
-            return  # never removes a committed object
-        if self._state == "open":
-            self._state = "aborted"
-        try:
-            self._drop()
-        except OSError as exc:
-            raise SinkError(f"sink {self._sink.label!r}: cannot remove temporary file "
-                            f"{self.pending} of key {self.key!r}: {exc.strerror}") from exc
-
-
-class _LocalRepairWriter(_LocalWriter):
-    """A writer that replaces a damaged file: the file is renamed into the quarantine
-    (atomic, keeps its bytes and mode), then the temporary file is linked at the key as
-    usual; a file that appeared at the key in between is compared again (same bytes: it
-    is kept, other bytes: ConflictError), never replaced."""
-
-    replaced: str | None = None
-
-    def _publish(self, sha256: str) -> tuple[bool, int]:
-        try:
-            return super()._publish(sha256)
-        except ConflictError:
-            if os.path.isdir(self._path):
-                raise  # a directory at the key is not a damaged object
-        aside = self._sink.quarantine_path(self.key)
-        created = _makedirs(os.path.dirname(aside))
-        os.rename(self._path, aside)
-        self.replaced = aside
-        if self._sink.config.fsync:
-            _fsync_dir(os.path.dirname(aside))
-            for directory in created:
-                _fsync_dir(os.path.dirname(directory))
-        return super()._publish(sha256)
-
-    def commit(self, digests: dict[str, str]) -> StoredObject:
-        stored = super().commit(digests)
-        if self.replaced:
-            stored.extra["replaced"] = {"kept_at": self.replaced}
-        return stored
 
 
 @hookimpl

@@ -95,6 +95,34 @@ def probe(directory: str) -> None:
     os.unlink(probe)
 
 
+def probe_unnamed(root: str) -> bool | None:
+    """Can writers below ``root`` use unnamed temporary files? An ``O_TMPFILE`` file is
+    made in the root and linked at a temporary name through ``/proc/self/fd`` (what a
+    commit does), then that name is removed. None: the root cannot be probed (yet)."""
+    if not getattr(os, "O_TMPFILE", 0):
+        return False
+    try:
+        fd = os.open(root, os.O_WRONLY | os.O_TMPFILE, 0o600)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return False if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR,
+                                      errno.EINVAL) else None
+    name = temp_name("probe")
+    try:
+        dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd)  # linkat, following
+            os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        return False  # no /proc, or the filesystem cannot link such a file
+    finally:
+        os.close(fd)
+    return True
+
+
 def not_a_directory(path: str) -> str | None:
     """The closest existing ancestor of ``path`` (itself included) if it is not a
     directory, so a writer can fail at once without creating anything."""

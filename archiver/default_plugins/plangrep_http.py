@@ -11,6 +11,7 @@ import email.utils
 import http.client
 import json
 import logging
+import re
 import ssl
 from collections.abc import Iterator
 from email.message import Message
@@ -195,11 +196,21 @@ def error_from_exception(exc: BaseException, what: str, scrub: Scrubber) -> Sour
     return SourceError(f"{what} failed: {detail}", retryable=False)
 
 
+# The common header, ``attachment; filename="name"`` (printable ASCII, no quote or
+# backslash inside): read directly. The email parser below handles every other form;
+# it was 3% of the CPU of a run of small artifacts.
+_PLAIN_DISPOSITION = re.compile(
+    r'[A-Za-z-]+[ \t]*;[ \t]*filename[ \t]*=[ \t]*"([\x20\x21\x23-\x5b\x5d-\x7e]*)"[ \t]*')
+
+
 def content_disposition_filename(value: str | None) -> str | None:
     """The filename of a Content-Disposition header (RFC 6266): ``filename*`` (RFC 5987/2231,
     any charset) preferred over ``filename``. Untrusted: record it, never use it as a path."""
     if not value:
         return None
+    plain = _PLAIN_DISPOSITION.fullmatch(value)
+    if plain is not None:
+        return plain.group(1) or None
     msg = Message()
     try:
         msg["content-disposition"] = value

@@ -83,7 +83,7 @@ def test_committed_file_location_and_no_leftovers(tmp_path):
 
 
 def test_pending_is_hidden_temp_file_beside_target(tmp_path):
-    sink = make(tmp_path / "root")
+    sink = make(tmp_path / "root", temp_files="named")
     writer = sink.open_writer("d/" + "é" * 120)  # 240-byte name: temp name stays < 255
     writer.write(b"abc")
     name = os.path.basename(writer.pending)
@@ -134,7 +134,7 @@ def test_commit_without_sha256_is_refused(tmp_path):
 
 
 def test_filesystem_without_hard_links_falls_back_to_rename(tmp_path, monkeypatch):
-    def no_links(src, dst):
+    def no_links(src, dst, **kw):
         raise OSError(errno.EPERM, "Operation not permitted", src, None, dst)
 
     monkeypatch.setattr(os, "link", no_links)
@@ -206,7 +206,7 @@ def test_root_itself_may_be_a_symlink(tmp_path):
 CRASH = textwrap.dedent("""\
     import os, signal, sys
     from archiver.default_plugins.local import LocalSink
-    sink = LocalSink(LocalSink.Config(root=sys.argv[1]), label="t")
+    sink = LocalSink(LocalSink.Config(root=sys.argv[1], temp_files=sys.argv[2]), label="t")
     for key in ("job/one.bin", "job/two.bin"):
         writer = sink.open_writer(key)
         writer.write(b"x" * 100000)
@@ -217,8 +217,8 @@ CRASH = textwrap.dedent("""\
 
 def test_crash_leftovers_are_discarded_and_cleaned_up(tmp_path):
     root = tmp_path / "root"
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(root)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(root), "named"],
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     first, second = proc.stdout.split()
     assert os.path.getsize(first) == os.path.getsize(second) == 100000
@@ -233,7 +233,7 @@ def test_crash_leftovers_are_discarded_and_cleaned_up(tmp_path):
 
 def test_cleanup_respects_age_and_prefix_and_spares_data(tmp_path):
     root = tmp_path / "root"
-    sink = make(root)
+    sink = make(root, temp_files="named")
     for key in ("p/.x.partial", "p/x.partial", "q/.y.abcdef0123456789.partial"):
         store(sink, key, b"archived data, not a leftover")
     old_p, old_q, fresh = (sink.open_writer(k) for k in ("p/a", "q/b", "p/c"))
@@ -310,7 +310,7 @@ def test_disk_full_becomes_sink_error_and_removes_temp(tmp_path):
 # by construction: the pending token is recorded before anything exists at the sink
 
 def test_nothing_exists_at_the_sink_before_the_first_write(tmp_path):
-    sink = make(tmp_path / "root")
+    sink = make(tmp_path / "root", temp_files="named")
     sink.preflight()
     writer = sink.open_writer("p/j/data/new/dir/x.bin")
     assert writer.pending.endswith(".partial") and "/new/dir/." in writer.pending
@@ -351,7 +351,7 @@ def immutable(tmp_path):
 
 
 def test_abort_succeeds_only_once_the_temporary_file_is_gone(tmp_path, immutable):
-    sink = make(tmp_path / "root")
+    sink = make(tmp_path / "root", temp_files="named")
     writer = sink.open_writer("d/obj")
     writer.write(b"x" * 100_000)
     immutable(tmp_path / "root" / "d")  # link, rename and unlink all fail now
@@ -368,7 +368,7 @@ def test_abort_succeeds_only_once_the_temporary_file_is_gone(tmp_path, immutable
 
 RUN = textwrap.dedent("""\
     import os, signal, subprocess, sys
-    from archiver.default_plugins import local
+    from archiver.default_plugins import local_writer
     mode, config = sys.argv[1], sys.argv[2]
     if mode == "kill-after-create":
         # SIGKILL right after a writer's temporary file is created
@@ -382,12 +382,12 @@ RUN = textwrap.dedent("""\
         os.open = killing_open
     elif mode == "immutable-on-commit":
         # the directory of imm/a.json turns immutable between its last write and commit
-        real_commit = local._LocalWriter.commit
+        real_commit = local_writer.LocalWriter.commit
         def commit(self, digests):
             if self.key.endswith("/imm/a.json"):
                 subprocess.run(["chattr", "+i", os.path.dirname(self.pending)], check=True)
             return real_commit(self, digests)
-        local._LocalWriter.commit = commit
+        local_writer.LocalWriter.commit = commit
     from archiver.cli import cli
     cli(["run", "-c", config])
     """)
@@ -405,7 +405,8 @@ def _setup(emu, tmp_path):
     job = emu.add_job("proj_t", artifacts=[ArtifactSpec("imm/a.json", 150_000),
                                            ArtifactSpec("b.json", 100)])
     cfg = tmp_path / "a.yaml"
-    cfg.write_text(basic_config(emu, tmp_path))
+    # named temporary files: the ones a crash can leave, which the ledger must know
+    cfg.write_text(basic_config(emu, tmp_path, temp_files="named"))
     return job, cfg
 
 

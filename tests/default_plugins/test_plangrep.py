@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pluggy
@@ -217,9 +218,24 @@ def test_content_disposition_filename_is_recorded(emu, source):
     ("attachment; filename*=iso-8859-1'en'%A3%20rates", "£ rates"),
     ('attachment; filename="..\\\\..\\\\etc\\\\passwd"', "..\\..\\etc\\passwd"),  # only recorded
     ("inline", None), (None, None), ("=;;;\x00garbage", None),
+    ('attachment;filename="a b.json" ', "a b.json"), ('attachment; filename=""', None),
+    ('attachment; filename="a\\"b.json"', 'a"b.json'), ("attachment; filename=plain.txt",
+                                                      "plain.txt"),
+    ('attachment; filename="x"; size=3', "x"), ('attachment; filename="ü.txt"', "ü.txt"),
 ])
 def test_content_disposition_parsing(header, name):
     assert content_disposition_filename(header) == name
+
+
+@pytest.mark.parametrize("header", [
+    'attachment; filename="p000.json"', 'inline ; filename = "a b.c"', 'attachment; filename=""',
+    'attachment; filename="~!#$%&()*+,-./:;<=>?@[]^_`{|}"', "form-data; filename=\"x\"",
+])
+def test_the_fast_path_agrees_with_the_email_parser(header, monkeypatch):
+    from archiver.default_plugins import plangrep_http
+    fast = content_disposition_filename(header)
+    monkeypatch.setattr(plangrep_http, "_PLAIN_DISPOSITION", re.compile(r"(?!)"))
+    assert fast == content_disposition_filename(header)
 
 
 def test_compressed_artifacts_are_served_as_is(emu, source):

@@ -31,9 +31,11 @@ ARTIFACT_ROUTES = ("artifact", "project_artifact")
 
 def worker_config(emu, tmp_path: Path, *, lease: str = LEASE, extra_sink: str = "",
                   top: str = "") -> Path:
-    """A config file: ``basic_config`` (local sink ``primary``) with short leases."""
+    """A config file: ``basic_config`` (local sink ``primary``) with short leases, and
+    named temporary files: what a killed worker leaves, and who discards it, is what
+    these tests look at (unnamed ones leave nothing: tests/test_cli.py)."""
     path = tmp_path / "archiver.yaml"
-    path.write_text(basic_config(emu, tmp_path, extra_sink=extra_sink,
+    path.write_text(basic_config(emu, tmp_path, extra_sink=extra_sink, temp_files="named",
                                  top=textwrap.dedent(lease) + textwrap.dedent(top)))
     return path
 

@@ -168,11 +168,13 @@ class Fleet:
                  lease: str = "{ttl: 6s, heartbeat: 1s, max_lost: 3}",
                  dispatch: str = "{mode: celery, redispatch_after: 3s}", celery: str = "",
                  top: str = "", ledger: str = '{url: "${ARCHIVER_LEDGER_URL}"}',
-                 extra_sink: str = "", env: dict[str, str] | None = None):
+                 extra_sink: str = "", env: dict[str, str] | None = None,
+                 temp_files: str | None = None):
         self.emu, self.tmp, self.broker = emu, tmp_path, broker
         self.config = tmp_path / "archiver.yaml"
         # fsync off: these tests are about who archives what, not about the disk
-        base = basic_config(emu, tmp_path, extra_sink=extra_sink, top="").replace(
+        base = basic_config(emu, tmp_path, extra_sink=extra_sink, top="",
+                            temp_files=temp_files).replace(
             f"root: {tmp_path / 'archive'}\n", f"root: {tmp_path / 'archive'}\n"
             "    fsync: false\n", 1)
         self.config.write_text(base + (textwrap.dedent(f"""\

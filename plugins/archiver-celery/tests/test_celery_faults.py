@@ -31,7 +31,8 @@ def slow_job(emu, size: int = 6 * MiB, delay: float = 0.03) -> str:
 
 
 def writer_pid(fleet, path: str) -> int | None:
-    """The pid of the process writing ``path`` now (from its pending row)."""
+    """The pid of the process writing ``path`` now (from its pending row: a fleet with
+    ``temp_files="named"``, or a cloud sink's upload)."""
     with_env(fleet.env)
     led = fleet.ledger()
     try:
@@ -49,7 +50,7 @@ def writer_pid(fleet, path: str) -> int | None:
 def test_a_worker_killed_mid_artifact_is_replaced_and_its_job_finished(make_fleet, emu):
     big = slow_job(emu)
     jobs = [big, *add_small_jobs(emu, 10)]
-    fleet = make_fleet()
+    fleet = make_fleet(temp_files="named")  # writer_pid: the pending row of big.bin
     workers = fleet.workers(2)
     disp = fleet.dispatcher()
     pid = wait_for("a worker writing big.bin", lambda: writer_pid(fleet, "big.bin"),
@@ -86,7 +87,7 @@ def test_the_dispatcher_killed_and_restarted_loses_nothing(make_fleet, emu):
 @pytest.mark.parametrize("broker", ["redis"], indirect=True)
 def test_a_worker_stopped_past_its_lease_fences_itself(make_fleet, emu):
     big = slow_job(emu, size=4 * MiB, delay=0.03)
-    fleet = make_fleet(lease="{ttl: 4s, heartbeat: 1s, max_lost: 3}")
+    fleet = make_fleet(lease="{ttl: 4s, heartbeat: 1s, max_lost: 3}", temp_files="named")
     first = fleet.workers(1, name="stopped")
     disp = fleet.dispatcher()
     pid = wait_for("a worker writing big.bin", lambda: writer_pid(fleet, "big.bin"),
@@ -137,7 +138,7 @@ def test_the_broker_restarted_while_jobs_are_in_flight(make_fleet, emu, broker):
         pytest.skip("rabbitmqctl is not on PATH: cannot restart RabbitMQ here")
     big = slow_job(emu, size=3 * MiB, delay=0.03)
     jobs = [big, *add_small_jobs(emu, 40)]
-    fleet = make_fleet()
+    fleet = make_fleet(temp_files="named")
     disp = fleet.dispatcher()
     wait_for("jobs sent", lambda: fleet.broker.depth() >= 20, timeout=60, procs=(disp,))
     workers = fleet.workers(1)
@@ -158,7 +159,8 @@ def test_postgres_restarted_while_jobs_are_in_flight(make_fleet, emu, broker):
         pytest.skip("no local PostgreSQL cluster to restart (pg_ctlcluster)")
     big = slow_job(emu, size=4 * MiB, delay=0.03)
     jobs = [big, *add_small_jobs(emu, 20)]
-    fleet = make_fleet(ledger='{url: "${ARCHIVER_LEDGER_URL}", outage_tolerance: 60s}')
+    fleet = make_fleet(ledger='{url: "${ARCHIVER_LEDGER_URL}", outage_tolerance: 60s}',
+                       temp_files="named")
     workers = fleet.workers(2)
     disp = fleet.dispatcher()
     wait_for("a worker writing big.bin", lambda: writer_pid(fleet, "big.bin"),

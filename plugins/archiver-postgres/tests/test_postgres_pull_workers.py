@@ -32,7 +32,8 @@ def test_standalone_workers_share_a_postgres_queue(plangrep_emulator, tmp_path, 
              for i in range(12)]
     emu.faults.slow_body, emu.faults.fault_paths = 0.03, {"big.bin"}
     cfg = tmp_path / "archiver.yaml"
-    cfg.write_text(basic_config(emu, tmp_path, top=textwrap.dedent("""\
+    # named temporary files: the holder of big.bin is found by its pending row
+    cfg.write_text(basic_config(emu, tmp_path, temp_files="named", top=textwrap.dedent("""\
         ledger: {url: "${TEST_LEDGER_URL}"}
         lease: {ttl: 4s, heartbeat: 1s, max_lost: 3}
         """)))
