@@ -13,6 +13,10 @@ import re
 import secrets
 import stat
 
+# errno values of open(O_TMPFILE) where the filesystem (or kernel) has no unnamed files;
+# old kernels read O_TMPFILE as O_DIRECTORY and answer EISDIR.
+NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL})
+O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 TEMP = re.compile(r"\..*\.%%[0-9a-f]{16}\.partial", re.DOTALL)
 INSIDE_CACHE = 4096  # directories remembered as resolving inside the root
 TEMP_BASE_BYTES = 200  # keeps temporary names well below NAME_MAX (255 bytes)
@@ -82,13 +86,12 @@ def makedirs(path: str) -> list[str]:
 def probe(directory: str) -> None:
     """Create and remove a file in ``directory``: an unnamed one (``O_TMPFILE``) where the
     filesystem can, so that a crash leaves nothing behind; else a named temporary file."""
-    tmpfile = getattr(os, "O_TMPFILE", 0)
-    if tmpfile:
+    if O_TMPFILE:
         try:
-            os.close(os.open(directory, os.O_WRONLY | tmpfile, 0o600))
+            os.close(os.open(directory, os.O_WRONLY | O_TMPFILE, 0o600))
             return
         except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP):
+            if exc.errno not in NO_TMPFILE:
                 raise
     probe = os.path.join(directory, temp_name("preflight"))
     os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -99,20 +102,19 @@ def probe_unnamed(root: str) -> bool | None:
     """Can writers below ``root`` use unnamed temporary files? An ``O_TMPFILE`` file is
     made in the root and linked at a temporary name through ``/proc/self/fd`` (what a
     commit does), then that name is removed. None: the root cannot be probed (yet)."""
-    if not getattr(os, "O_TMPFILE", 0):
+    if not O_TMPFILE:
         return False
     try:
-        fd = os.open(root, os.O_WRONLY | os.O_TMPFILE, 0o600)
+        fd = os.open(root, os.O_WRONLY | O_TMPFILE, 0o600)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return False if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR,
-                                      errno.EINVAL) else None
+        return False if exc.errno in NO_TMPFILE else None
     name = temp_name("probe")
     try:
         dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
-            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd)  # linkat, following
+            link_unnamed(fd, dfd, name)
             os.unlink(name, dir_fd=dfd)
         finally:
             os.close(dfd)
@@ -121,6 +123,14 @@ def probe_unnamed(root: str) -> bool | None:
     finally:
         os.close(fd)
     return True
+
+
+def link_unnamed(fd: int, dir_fd: int, name: str) -> None:
+    """Give the unnamed file open as ``fd`` the name ``name`` in the directory open as
+    ``dir_fd`` (FileExistsError if it is taken). os.link calls linkat(...,
+    AT_SYMLINK_FOLLOW), which links the file behind the /proc descriptor link, only when
+    given a directory descriptor; plain link() would try to link the /proc link itself."""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
 
 
 def not_a_directory(path: str) -> str | None:

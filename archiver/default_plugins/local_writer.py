@@ -34,17 +34,15 @@ import os
 from ..components import Writer
 from ..errors import ConflictError, SinkError
 from ..model import StoredObject
+from .local_paths import NO_TMPFILE, O_TMPFILE
 from .local_paths import fsync_dir as _fsync_dir
+from .local_paths import link_unnamed as _link_unnamed
 from .local_paths import makedirs as _makedirs
 from .local_paths import not_a_directory as _not_a_directory
 from .local_paths import temp_name as _temp_name
 
 # errno values of link() on filesystems without hard links (FAT, some FUSE/SMB mounts).
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
-# errno values of open(O_TMPFILE) where the filesystem (or kernel) has no unnamed files;
-# old kernels read O_TMPFILE as O_DIRECTORY and answer EISDIR.
-NO_TMPFILE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EISDIR, errno.EINVAL}
-O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 
 
 class LocalWriter(Writer):
@@ -167,11 +165,12 @@ class LocalWriter(Writer):
     def write(self, chunk: bytes) -> None:
         if self._state != "open":
             raise self._refuse("write to")
-        if self._held is None and not self._open():
+        if self._held is not None:
+            self._ready()  # named now and recorded: create the file, write the held chunk
+        elif not self._open():
             self._held = bytes(chunk)  # the core records ``pending`` when this returns
             self.size += len(chunk)
             return
-        self._ready()
         self._put(chunk)
         self.size += len(chunk)
 
@@ -227,13 +226,11 @@ class LocalWriter(Writer):
     def _link(self) -> None:
         """Give the temporary file the key's name (FileExistsError if it is taken)."""
         if self._unnamed:
-            # os.link calls linkat(..., AT_SYMLINK_FOLLOW), which links the file behind
-            # the /proc descriptor link, only when given a directory descriptor.
             # The directory's descriptor is kept for commit's directory fsync.
             directory, base = os.path.split(self._path)
             if self._dirfd is None:
                 self._dirfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            os.link(f"/proc/self/fd/{self._fd}", base, dst_dir_fd=self._dirfd)
+            _link_unnamed(self._fd, self._dirfd, base)
         else:
             os.link(self.pending, self._path)
 
