@@ -73,6 +73,9 @@ class StoreContext:
     # the body has been read, or after the commit when a sink buffers through it
     # (Sink.commit_buffers). None: no bound beyond the caller's threads.
     downloads: Any = None
+    # The job's archiver.jobrecords.JobRecords: an object's ledger records join the job's
+    # next group commit. None: they are committed before store_item returns.
+    records: Any = None
 
     def scope(self):
         return self.canceller.scope() if self.canceller is not None else nullcontext()
@@ -150,7 +153,8 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
         # Aborted by a stop or a lost lease: nothing of this object failed, and a worker
         # that lost its lease must not overwrite what the job's new owner records.
         return res
-    with p.ledger.batch():  # everything this object adds to the ledger: one transaction
+
+    def record() -> None:  # everything this object adds to the ledger, committed together
         for out, stored in committed:
             out.writer.forget()
             p.ledger.record_copy(job.id, item.path, stored, received=res.received,
@@ -165,6 +169,12 @@ def store_item(p: StoreContext, job: Job, item: Item, done: dict) -> ArtifactRes
                                  key=item.keys[needed[0]] if needed else None,
                                  filename=res.filename, size=res.size, received=res.received,
                                  state=state, error="; ".join(res.errors.values()) or None)
+
+    if p.records is not None:
+        p.records.add(record)
+    else:
+        with p.ledger.batch():
+            record()
     return res
 
 

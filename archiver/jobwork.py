@@ -20,6 +20,7 @@ from .errors import ArchiverError, AuthError, LeaseLost, SourceError
 from .fanout import Item, store_item
 from .humanize import duration, parse_iso
 from .humanize import size as _size
+from .jobrecords import JobRecords
 from .ledger import ARCHIVED, INCOMPLETE, LOST, NOTHING, WAITING
 from .model import ArtifactResult, Job
 from .triage import ARCHIVE, LOSE, NOTHING_TO_STORE, SKIP, WAIT, decide
@@ -61,9 +62,11 @@ class JobOutcome:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def settle(rt: Runtime, job: Job, previous: str | None, *,
-           explicit: bool = False) -> JobOutcome | None:
-    """Record what needs no work; None when the job is to be archived."""
+def settle(rt: Runtime, job: Job, previous: str | None, *, explicit: bool = False,
+           records: JobRecords | None = None) -> JobOutcome | None:
+    """Record what needs no work; None when the job is to be archived. ``records``:
+    where the ``discovered`` event is queued (committed with the pass's others, before
+    the jobs are queued); None: it is committed now."""
     d = decide(job, previous, explicit=explicit)
     if d.action == SKIP:
         return JobOutcome(job.id, SKIPPED, message=d.reason, previous=previous)
@@ -79,9 +82,14 @@ def settle(rt: Runtime, job: Job, previous: str | None, *,
         return JobOutcome(job.id, NOTHING, message=d.reason)
     assert d.action == ARCHIVE
     if previous is None and not _discovered(rt, job.id):  # audit trail: once per job
-        rt.ledger.event("discovered", f"{job.status} job to archive", job_id=job.id,
-                        data={"project_id": job.project_id, "status": job.status,
-                              "expires_at": job.expires_at})
+        def record() -> None:
+            rt.ledger.event("discovered", f"{job.status} job to archive", job_id=job.id,
+                            data={"project_id": job.project_id, "status": job.status,
+                                  "expires_at": job.expires_at})
+        if records is None:
+            record()
+        else:
+            records.add(record)
     return None
 
 
@@ -198,10 +206,17 @@ def _archive(rt: Runtime, job: Job, pool: Executor, lease: JobLease, out: JobOut
         raise
     items = rt.items(job, result)
     done = rt.ledger.copies(job.id)
-    ctx = rt.store_context(stopped=lease.lost.is_set)
-    results: list[ArtifactResult] = [_item(rt, ctx, job, it, done, out) for it in items[:2]]
-    futures = [pool.submit(_item, rt, ctx, job, it, done, out) for it in items[2:]]
-    results += [f.result() for f in futures]
+    # The objects' ledger records are committed in groups (jobrecords), all of them
+    # before the tag files read the copies back and before the job's final state.
+    records = JobRecords(rt.ledger)
+    ctx = rt.store_context(stopped=lease.lost.is_set, records=records)
+    try:
+        results: list[ArtifactResult] = [_item(rt, ctx, job, it, done, out)
+                                         for it in items[:2]]
+        futures = [pool.submit(_item, rt, ctx, job, it, done, out) for it in items[2:]]
+        results += records.gather(futures)
+    finally:
+        records.flush()
     problems = [f"{r.path}: {'; '.join(r.errors.values())}" for r in results if r.errors]
     if lease.lost.is_set():
         problems.append(f"job {job.id}: {lease.reason}")

@@ -177,15 +177,19 @@ class Runtime:
             self.ledger.close()
 
     # ------------------------------------------------------------------ one object
-    def store_context(self, stopped: Callable[[], bool] | None = None) -> StoreContext:
-        """The fan-out's inputs; ``stopped`` adds a stop condition (a job's lost lease)."""
+    def store_context(self, stopped: Callable[[], bool] | None = None,
+                      records: Any = None) -> StoreContext:
+        """The fan-out's inputs; ``stopped`` adds a stop condition (a job's lost lease);
+        ``records``: the job's :class:`~archiver.jobrecords.JobRecords` (None: each
+        object's records are committed before it is done)."""
         stop = self.stop
         halt = stop.is_set if stopped is None else (lambda: stop.is_set() or stopped())
         return StoreContext(self.source, self.sinks, self.common, self.per_sink, self.ledger,
                             self.policy, stopped=halt, draining=self.draining.is_set,
                             owner=self.worker_id, wait=stop.wait,
                             on_bytes=self._on_bytes if self.shows_progress else None,
-                            canceller=self.cancel, downloads=self.downloads)
+                            canceller=self.cancel, downloads=self.downloads,
+                            records=records)
 
     @cached_property
     def downloads(self) -> threading.BoundedSemaphore:

@@ -200,3 +200,31 @@ def test_discovered_once_when_passes_die_before_the_job_is_queued(emu, tmp_path,
     finally:
         rt.close()
         ledger.close()
+
+
+def test_a_job_listed_twice_in_one_pass_is_discovered_and_queued_once(emu, tmp_path):
+    """The listing's pages shifted and a job came twice: the pass's "discovered" events,
+    committed together after the listing, still hold one per job, and it is queued once."""
+    from archiver.config import load_config
+    from archiver.executors import RunReport
+    from archiver.ledger import open_ledger
+    from archiver.plugins import build_plugin_manager
+    from archiver.runtime import Runtime
+    from archiver.workers.fleet import triage_and_enqueue
+
+    emu.add_project(project_id="proj_t", name="T")
+    ids = {emu.add_job("proj_t")["id"] for _ in range(3)}
+    plugins = build_plugin_manager(entry_points=False)
+    loaded = load_config(_config(emu, tmp_path), plugins.registry,
+                         env={"PLANGREP_API_KEY": emu.api_key})
+    ledger = open_ledger(loaded.settings.state_dir)
+    rt = Runtime(loaded, plugins, ledger)
+    try:
+        jobs = list(rt.source.iter_jobs())
+        queued = triage_and_enqueue(rt, jobs + jobs[::-1], RunReport())
+        assert sorted(queued) == sorted(ids)
+        assert ledger.count_events("discovered") == 3
+        assert ledger.jobs_with_event("discovered") == ids
+    finally:
+        rt.close()
+        ledger.close()

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..cancel import Cancelled
 from ..errors import AuthError, SinkError, SourceError
 from ..executors import RunReport
+from ..jobrecords import JobRecords
 from ..jobwork import PARKED, SKIPPED, JobOutcome, settle
 from ..ledger import CLAIMABLE, SETTLED
+from ..ledger.groupcommit import GROUP_MAX
 from ..recovery import recover_dead_writers
 from .forkserver import ForkServer
 from .supervisor import Child, Supervisor, respawn_delay
@@ -45,16 +47,25 @@ def triage_and_enqueue(rt: Runtime, jobs, report: RunReport, *,
     once, at the first job that needs work (while the rest is still being listed)."""
     states = rt.ledger.job_states()
     todo: list[Job] = []
-    for job in jobs:
-        if rt.draining.is_set():
-            break
-        settled = settle(rt, job, states.get(job.id))
-        if settled is not None:
-            report.add(settled)
-        else:
-            if not todo and on_work is not None:
-                on_work()
-            todo.append(job)
+    # The new jobs' "discovered" events are committed in groups (a transaction each was
+    # most of a dispatcher's ledger writes), all before the jobs are queued.
+    discovered, seen = JobRecords(rt.ledger, most=GROUP_MAX), set()
+    try:
+        for job in jobs:
+            if rt.draining.is_set():
+                break
+            if job.id in seen:  # listed twice (pages shifted): settled once
+                continue
+            seen.add(job.id)
+            settled = settle(rt, job, states.get(job.id), records=discovered)
+            if settled is not None:
+                report.add(settled)
+            else:
+                if not todo and on_work is not None:
+                    on_work()
+                todo.append(job)
+    finally:
+        discovered.flush()
     # Already on the queue (queued, or incomplete and waiting for its retry): a watch
     # pass over a large backlog must not rewrite every row of it on every poll.
     fresh = [j for j in todo if states.get(j.id) not in CLAIMABLE]

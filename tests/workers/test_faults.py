@@ -103,6 +103,10 @@ def test_kill_9_of_a_worker_mid_artifact(emu, tmp_path, spawn):
                                                for j in small), procs=(run,))
         wait_for("a worker writing big.bin", lambda: view.holder_pid("big.bin")
                  and partial_files(tmp_path / "archive", "big.bin"), procs=(run,))
+        # notes.json's records are committed within a second while big.bin goes on
+        # (jobrecords): killed before that, it would be fetched again too (found stored)
+        wait_for("notes.json recorded", lambda: any(
+            p == "notes.json" for p, _ in view.led.copies(slow)), procs=(run,))
         victim = view.holder_pid("big.bin")
         assert victim in children_of(run.pid), "the writer must be a child of the run"
         os.kill(victim, signal.SIGKILL)

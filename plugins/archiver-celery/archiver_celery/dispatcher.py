@@ -165,6 +165,18 @@ class CeleryDispatcher(Dispatcher):
         self.sent = {j: t for j, t in self.sent.items() if j in keep}
 
     def _send(self, rows: list[tuple[str, str | None]], *, resend: bool = False) -> None:
+        if not rows:
+            return
+        try:
+            # One producer (and broker connection) for the whole batch, not one taken
+            # from the pool and given back for each message.
+            with self.app.producer_or_acquire() as producer:
+                self._send_rows(rows, producer, resend)
+        except Exception as exc:  # no producer to be had: as a refused message
+            self._refused(exc)
+
+    def _send_rows(self, rows: list[tuple[str, str | None]], producer: Any,
+                   resend: bool) -> None:
         from .app import TASK, priority
 
         urgent_before = time.time() + float(self.settings.urgent_within)
@@ -176,16 +188,13 @@ class CeleryDispatcher(Dispatcher):
             try:
                 self.app.send_task(TASK, args=[job_id], queue=self.config.queue,
                                    priority=priority(self.config.transport, urgent),
+                                   producer=producer,
                                    retry=True, retry_policy={"max_retries": 2,
                                                              "interval_start": 0.2,
                                                              "interval_step": 0.5,
                                                              "interval_max": 1.0})
             except Exception as exc:
-                self.counts["dispatch_errors_total"] += 1
-                if not self._broker_down:
-                    log.warning("dispatch: the broker %s refused a message: %s; retrying "
-                                "every %gs", safe_broker(self.config), _describe(exc), TICK)
-                self._broker_down = True
+                self._refused(exc)
                 return
             if self._broker_down:
                 log.info("dispatch: the broker %s is back", safe_broker(self.config))
@@ -195,6 +204,13 @@ class CeleryDispatcher(Dispatcher):
             else:
                 self.counts["dispatch_resent_total"] += 1
             self.sent[job_id] = time.monotonic()
+
+    def _refused(self, exc: BaseException) -> None:
+        self.counts["dispatch_errors_total"] += 1
+        if not self._broker_down:
+            log.warning("dispatch: the broker %s refused a message: %s; retrying "
+                        "every %gs", safe_broker(self.config), _describe(exc), TICK)
+        self._broker_down = True
 
     def _broker_depth(self) -> int | None:
         """Messages waiting in the queue (None when the broker cannot say now)."""
