@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -168,15 +169,13 @@ def test_discovered_is_recorded_once_per_job_across_runs(emu, tmp_path):
         ledger.close()
 
 
-def test_discovered_once_when_passes_die_before_the_job_is_queued(emu, tmp_path, monkeypatch):
-    """A fleet's parent killed between triage and enqueue leaves no job row: the next
-    pass sees the job as new again, yet records no second "discovered" event."""
+@contextlib.contextmanager
+def three_new_jobs(emu, tmp_path):
+    """(runtime, ledger, job ids) of a project with three jobs no pass has seen."""
     from archiver.config import load_config
-    from archiver.executors import RunReport
     from archiver.ledger import open_ledger
     from archiver.plugins import build_plugin_manager
     from archiver.runtime import Runtime
-    from archiver.workers.fleet import triage_and_enqueue
 
     emu.add_project(project_id="proj_t", name="T")
     ids = {emu.add_job("proj_t")["id"] for _ in range(3)}
@@ -186,6 +185,19 @@ def test_discovered_once_when_passes_die_before_the_job_is_queued(emu, tmp_path,
     ledger = open_ledger(loaded.settings.state_dir)
     rt = Runtime(loaded, plugins, ledger)
     try:
+        yield rt, ledger, ids
+    finally:
+        rt.close()
+        ledger.close()
+
+
+def test_discovered_once_when_passes_die_before_the_job_is_queued(emu, tmp_path, monkeypatch):
+    """A fleet's parent killed between triage and enqueue leaves no job row: the next
+    pass sees the job as new again, yet records no second "discovered" event."""
+    from archiver.executors import RunReport
+    from archiver.workers.fleet import triage_and_enqueue
+
+    with three_new_jobs(emu, tmp_path) as (rt, ledger, ids):
         for _ in range(10):
             with monkeypatch.context() as mp:
                 def died(jobs):
@@ -197,34 +209,17 @@ def test_discovered_once_when_passes_die_before_the_job_is_queued(emu, tmp_path,
         assert triage_and_enqueue(rt, rt.source.iter_jobs(), RunReport())
         assert ledger.count_events("discovered") == 3
         assert ledger.jobs_with_event("discovered") == ids
-    finally:
-        rt.close()
-        ledger.close()
 
 
 def test_a_job_listed_twice_in_one_pass_is_discovered_and_queued_once(emu, tmp_path):
     """The listing's pages shifted and a job came twice: the pass's "discovered" events,
     committed together after the listing, still hold one per job, and it is queued once."""
-    from archiver.config import load_config
     from archiver.executors import RunReport
-    from archiver.ledger import open_ledger
-    from archiver.plugins import build_plugin_manager
-    from archiver.runtime import Runtime
     from archiver.workers.fleet import triage_and_enqueue
 
-    emu.add_project(project_id="proj_t", name="T")
-    ids = {emu.add_job("proj_t")["id"] for _ in range(3)}
-    plugins = build_plugin_manager(entry_points=False)
-    loaded = load_config(_config(emu, tmp_path), plugins.registry,
-                         env={"PLANGREP_API_KEY": emu.api_key})
-    ledger = open_ledger(loaded.settings.state_dir)
-    rt = Runtime(loaded, plugins, ledger)
-    try:
+    with three_new_jobs(emu, tmp_path) as (rt, ledger, ids):
         jobs = list(rt.source.iter_jobs())
         queued = triage_and_enqueue(rt, jobs + jobs[::-1], RunReport())
         assert sorted(queued) == sorted(ids)
         assert ledger.count_events("discovered") == 3
         assert ledger.jobs_with_event("discovered") == ids
-    finally:
-        rt.close()
-        ledger.close()
