@@ -5,9 +5,9 @@ Per handle (so per process): one **writer** connection, used only by the handle'
 goes through it, many per transaction), and a small **read pool**
 (``ConnectionPool(min_size=1, max_size=3)``). The pool does not test a connection each
 time it hands one out (``check=``: one more round trip per read, several per job): a
-connection a restart has cut fails its read with an
-``OperationalError``, which is retried on a fresh connection like any outage (below),
-and the pool replaces the broken one when it comes back.
+connection a restart has cut fails its read with an ``OperationalError``, which is
+retried on a fresh connection like any outage (below), and the pool replaces the broken
+one when it comes back.
 Both are made on first use, never at import or when the plugin registers, and made anew
 in a process forked from the one that made them (the parent's sockets are left alone:
 closing them in the child would end the parent's sessions).
