@@ -121,6 +121,18 @@ def _new_schema(prefix: str) -> tuple[str, str]:
     return schema, f"{PG}{sep}options={quote(f'-csearch_path={schema}', safe='')}"
 
 
+#: The plugins of an `archiver` on a PostgreSQL ledger (the fleet adds celery).
+PG_PLUGINS = "plangrep,local,checksum,decompress,service,compliance,ledger,postgres"
+
+
+def _migrate(ctx: Context, config: Path, env: dict[str, str]) -> None:
+    """``archiver ledger migrate`` for ``config``, or a BenchError with its stderr."""
+    out = subprocess.run([ctx.python, "-m", "archiver", "ledger", "migrate", "-c", str(config)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise BenchError(f"ledger migrate -c {config.name}: {out.stderr[-800:]}")
+
+
 def _drop_schema(schema: str) -> None:
     import psycopg
     with psycopg.connect(PG, autocommit=True) as conn:
@@ -147,21 +159,14 @@ class _Fleet:
             projects=["proj_warm"]))
         self.warm_jobs = warm_jobs
         self.env = {**ctx.env, "ARCHIVER_CONFIG": str(self.config),
-                    "ARCHIVER_PLUGINS": "plangrep,local,checksum,decompress,service,"
-                                        "compliance,ledger,postgres,celery"}
-        self._run(["-m", "archiver", "ledger", "migrate", "-c", str(self.config)])
+                    "ARCHIVER_PLUGINS": f"{PG_PLUGINS},celery"}
+        _migrate(ctx, self.config, self.env)
         self.workers = [subprocess.Popen(with_parent([
             ctx.python, "-m", "celery", "-A", "archiver_celery", "worker", "-P", "threads",
             "-c", str(CONCURRENCY), "-Q", self.queue, "-n", f"b{i}-{self.queue}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"]),
             env=self.env, stdout=subprocess.DEVNULL, stderr=open(work / f"c{n}-w{i}.err", "wb"),
             start_new_session=True) for i in range(n)]
-
-    def _run(self, args: list[str], timeout: float = 120) -> None:
-        out = subprocess.run([self.ctx.python, *args], env=self.env, capture_output=True,
-                             text=True, timeout=timeout)
-        if out.returncode != 0:
-            raise BenchError(f"{' '.join(args[:4])}: {out.stderr[-800:]}")
 
     def archived(self, project: str) -> int:
         import psycopg
@@ -290,14 +295,9 @@ def run(ctx: Context) -> ScenarioResult:
             cfg = write_config(work / f"p{rep}.yaml", archiver_config(
                 emu, root, state, concurrency=CONCURRENCY, projects=["proj_scale"],
                 extra=f'ledger: {{url: "{url}"}}\n'))
-            env = {**ctx.env, "ARCHIVER_PLUGINS": "plangrep,local,checksum,decompress,"
-                                                  "service,compliance,ledger,postgres"}
+            env = {**ctx.env, "ARCHIVER_PLUGINS": PG_PLUGINS}
             try:
-                migrate = subprocess.run([ctx.python, "-m", "archiver", "ledger", "migrate",
-                                          "-c", str(cfg)], env=env, capture_output=True,
-                                         text=True, timeout=120)
-                if migrate.returncode != 0:
-                    raise BenchError(f"{EMBEDDED_PG}: ledger migrate: {migrate.stderr[-800:]}")
+                _migrate(ctx, cfg, env)
                 return run_archiver(ctx, cfg, what=EMBEDDED_PG, timeout=timeout, env=env,
                                     expect_archived=jobs)
             finally:
